@@ -1,0 +1,1 @@
+"""HTTP surfaces. Thin: parse, authenticate, call a service, render bytes."""

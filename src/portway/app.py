@@ -1,0 +1,100 @@
+"""create_app(settings, config) -> the ASGI app. The lifespan opens and closes everything once per worker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from portway import __version__
+from portway.api import openai, ops
+from portway.api.middleware import AdmissionControl
+from portway.config import GatewayConfig, load_config
+from portway.errors import MethodNotAllowed, NotFound, PortwayError, ValidationError
+from portway.services.gateway import Gateway
+from portway.settings import Settings
+
+log = logging.getLogger("portway")
+
+
+def _render(err: PortwayError) -> Response:
+    return Response(
+        err.body(), status_code=err.status_code, headers=err.headers, media_type="application/json"
+    )
+
+
+async def _portway_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PortwayError)
+    return _render(exc)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        return _render(MethodNotAllowed("Method not allowed for this path"))
+    if exc.status_code == 404:
+        return _render(NotFound("Unknown path"))
+    err = PortwayError(str(exc.detail), status=exc.status_code)
+    return _render(err)
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    return _render(ValidationError(f"{field or 'request'}: {first.get('msg', 'invalid')}", param=field))
+
+
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    # Never a stack trace to the client: the log has it.
+    log.exception("unhandled error", exc_info=exc)
+    return _render(PortwayError("Internal server error"))
+
+
+def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = None) -> FastAPI:
+    settings = settings or Settings()
+    cfg = cfg or load_config(settings.config)
+    gw = Gateway(settings, cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.aclose()
+
+    app = FastAPI(
+        title="portway",
+        version=__version__,
+        description="A self-hosted, OpenAI-compatible AI gateway.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    app.include_router(openai.router)
+    app.include_router(ops.router)
+    app.add_exception_handler(PortwayError, _portway_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(AdmissionControl, max_in_flight=cfg.server.max_in_flight)
+    if cfg.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cfg.server.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+            expose_headers=["x-portway-provider", "x-portway-model", "x-request-id"],
+        )
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory portway.app:app_from_env` and multi-worker serving."""
+    return create_app()

@@ -1,0 +1,221 @@
+"""gateway.yaml: schema, `${ENV}` interpolation, validation with clear messages, and the keyless default.
+
+Without a config file portway still answers: the embedded `local` provider is always on, and one provider is
+enabled for each of GROQ_API_KEY, OPENROUTER_API_KEY, OPENAI_API_KEY and HF_TOKEN that is set, behind the
+aliases `fast`, `balanced` and `smart` (seed 003's tiers), each ending in `local/smollm2`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from portway.errors import ConfigError
+
+log = logging.getLogger("portway.config")
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+KEYLESS_TYPES = frozenset({"local"})
+DEFAULT_BASE_URLS = {"huggingface": "https://router.huggingface.co/v1"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderConfig(_Strict):
+    type: Literal["openai", "huggingface", "local"]
+    base_url: str | None = None
+    api_keys: list[str] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float | None = Field(default=None, gt=0)
+    stream_usage: bool = True
+    models: list[str] = Field(default_factory=list, description="extra model ids listed in /v1/models")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _drop_empty(cls, keys: list[str]) -> list[str]:
+        # "${GROQ_API_KEY}" with the variable unset interpolates to "": that is "no key", not a key.
+        return [k.strip() for k in keys if k and k.strip()]
+
+    @model_validator(mode="after")
+    def _base_url(self) -> ProviderConfig:
+        if self.base_url is None:
+            self.base_url = DEFAULT_BASE_URLS.get(self.type)
+        if self.type == "openai" and not self.base_url:
+            raise ValueError("base_url is required for type: openai")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
+        if self.base_url:
+            self.base_url = self.base_url.rstrip("/")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.type in KEYLESS_TYPES or bool(self.api_keys)
+
+
+class RoutingConfig(_Strict):
+    deadline: float = Field(60.0, gt=0, description="one deadline per request across all attempts (s)")
+    first_byte_timeout: float = Field(30.0, gt=0, description="stream: longest wait for the first event (s)")
+    stream_idle_timeout: float = Field(60.0, gt=0, description="stream: longest gap between events (s)")
+    max_attempts: int = Field(3, ge=1, description="upstream calls per request, all targets together")
+    retries_per_target: int = Field(1, ge=0, description="extra tries of one target on 5xx/timeout")
+    backoff_base: float = Field(0.1, ge=0)
+    backoff_max: float = Field(2.0, ge=0)
+    breaker_threshold: int = Field(5, ge=1, description="consecutive failures that open a breaker")
+    breaker_cooldown: float = Field(30.0, gt=0, description="seconds before a half-open probe")
+    rate_limit_cooldown: float = Field(10.0, ge=0, description="key cool-down after 429 w/o Retry-After")
+    max_cooldown: float = Field(300.0, ge=0, description="cap on an upstream's Retry-After")
+
+
+class ServerConfig(_Strict):
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_in_flight: int = Field(1024, ge=1, description="admitted requests per worker; beyond: fast 503")
+    cors_origins: list[str] = Field(default_factory=list)
+    request_log: bool = True
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_aliases(self) -> GatewayConfig:
+        for name in self.providers:
+            if "/" in name or not name:
+                raise ValueError(f"provider name {name!r} must be non-empty and contain no '/'")
+        for alias, targets in self.models.items():
+            if not targets:
+                raise ValueError(f"models.{alias}: needs at least one target")
+            for target in targets:
+                provider, sep, model = target.partition("/")
+                if not sep or not model:
+                    raise ValueError(f"models.{alias}: target {target!r} must look like provider/model")
+                if provider not in self.providers:
+                    raise ValueError(f"models.{alias}: target {target!r} names unknown provider {provider!r}")
+        return self
+
+    def enabled_providers(self) -> dict[str, ProviderConfig]:
+        return {name: p for name, p in self.providers.items() if p.enabled}
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+        return _ENV_RE.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    return value
+
+
+def _format_errors(err: PydanticValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> GatewayConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    try:
+        cfg = GatewayConfig.model_validate(interpolate(raw, os.environ if env is None else env))
+    except PydanticValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+    for name, provider in cfg.providers.items():
+        if not provider.enabled:
+            log.warning("provider %r has no API key set: disabled (its targets are skipped)", name)
+    return cfg
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    env = os.environ if env is None else env
+    if path is None:
+        return default_config(env)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return parse_config(raw, str(path), env)
+
+
+# Each env-keyed provider and the models it contributes to the tiers, best first.
+_DEFAULT_PROVIDERS: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+    (
+        "GROQ_API_KEY",
+        "groq",
+        {"type": "openai", "base_url": "https://api.groq.com/openai/v1"},
+        {
+            "fast": "llama-3.1-8b-instant",
+            "balanced": "llama-3.3-70b-versatile",
+            "smart": "llama-3.3-70b-versatile",
+        },
+    ),
+    (
+        "OPENROUTER_API_KEY",
+        "openrouter",
+        {"type": "openai", "base_url": "https://openrouter.ai/api/v1"},
+        {
+            "fast": "meta-llama/llama-3.1-8b-instruct",
+            "balanced": "openai/gpt-4o-mini",
+            "smart": "anthropic/claude-3.5-sonnet",
+        },
+    ),
+    (
+        "OPENAI_API_KEY",
+        "openai",
+        {"type": "openai", "base_url": "https://api.openai.com/v1"},
+        {"fast": "gpt-4o-mini", "balanced": "gpt-4o-mini", "smart": "gpt-4o"},
+    ),
+    (
+        "HF_TOKEN",
+        "hf",
+        {"type": "huggingface"},
+        {
+            "fast": "meta-llama/Llama-3.1-8B-Instruct",
+            "balanced": "meta-llama/Llama-3.3-70B-Instruct",
+            "smart": "meta-llama/Llama-3.3-70B-Instruct",
+        },
+    ),
+]
+_TIER_ORDER = {
+    "fast": ["groq", "openrouter", "openai", "hf"],
+    "balanced": ["groq", "openrouter", "openai", "hf"],
+    "smart": ["openrouter", "openai", "groq", "hf"],
+}
+
+
+def default_config(env: Mapping[str, str]) -> GatewayConfig:
+    providers: dict[str, Any] = {"local": {"type": "local"}}
+    tier_models: dict[str, dict[str, str]] = {}
+    for var, name, spec, tiers in _DEFAULT_PROVIDERS:
+        keys = [k.strip() for k in (env.get(var) or "").split(",") if k.strip()]
+        if keys:
+            providers[name] = {**spec, "api_keys": keys}
+            tier_models[name] = tiers
+    models = {
+        tier: [f"{p}/{tier_models[p][tier]}" for p in order if p in tier_models] + ["local/smollm2"]
+        for tier, order in _TIER_ORDER.items()
+    }
+    return parse_config({"providers": providers, "models": models}, "<defaults>", env)

@@ -1,0 +1,1 @@
+"""The gateway's domain: routing, attempts, key pools, breakers, limits. No web framework imports here."""

@@ -1,0 +1,232 @@
+"""Redis-backed admission counters, shared by every gateway process.
+
+One Lua script does check-all-then-take-all for every limit of a request in a single round trip (EVALSHA),
+so N processes admit exactly as many requests as the limits allow. The hot path never waits long on Redis:
+socket and connect timeouts default to 100 ms, there are no retries, and an overall deadline bounds each
+call. A small circuit breaker stops trying Redis for ``breaker_cooldown`` seconds after
+``breaker_threshold`` consecutive errors; while Redis is unavailable each limit follows its
+``fail_open`` policy (see ``limits``).
+
+Known limitation: if Redis executes the admit script but the reply times out, the reservation is taken
+without the caller knowing (fail-open limits admit anyway; a fail-closed budget refuses and its estimate
+stays reserved until the counter's period ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from portway.gateway.limits import (
+    Counters,
+    Decision,
+    Limit,
+    LimitUsage,
+    Reservation,
+    decide,
+    degraded_decision,
+    plan,
+    usage_of,
+)
+
+log = logging.getLogger(__name__)
+
+# KEYS[i] is limit i's counter; ARGV holds (amount, cap, ttl) per limit. Returns {refused, stored...}:
+# refused = 1-based index of the first limit without room (0 = all taken), stored = values read before
+# taking. The check mirrors limits.first_refusal exactly (including keys shared by several limits).
+ADMIT_LUA = """
+local stored, pending, refused = {}, {}, 0
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  stored[i] = tonumber(redis.call('GET', key) or '0')
+  local used = stored[i] + (pending[key] or 0)
+  local amount = tonumber(ARGV[3 * i - 2])
+  local cap = tonumber(ARGV[3 * i - 1])
+  if refused == 0 and (used >= cap or used + amount > cap) then
+    refused = i
+  end
+  pending[key] = (pending[key] or 0) + amount
+end
+if refused == 0 then
+  for i = 1, #KEYS do
+    if ARGV[3 * i - 2] ~= '0' then
+      redis.call('INCRBY', KEYS[i], ARGV[3 * i - 2])
+      redis.call('EXPIRE', KEYS[i], ARGV[3 * i])
+    end
+  end
+end
+table.insert(stored, 1, refused)
+return stored
+"""
+
+# KEYS[i] gets ARGV[i] added, never going below 0. A counter that already expired stays gone: its
+# period is over, so late usage no longer matters (and re-creating it would leave it without a TTL).
+SETTLE_LUA = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local v = redis.call('INCRBY', KEYS[i], ARGV[i])
+    if v < 0 then
+      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+    end
+  end
+end
+return 0
+"""
+
+
+class _Breaker:
+    """Consecutive-failure circuit breaker; after the cooldown one probe call decides whether to close."""
+
+    def __init__(self, threshold: int, cooldown: float) -> None:
+        self.threshold = max(1, threshold)
+        self.cooldown = cooldown
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.failures >= self.threshold
+
+    def allow(self) -> bool:
+        if not self.is_open:
+            return True
+        if self.probing or time.monotonic() < self.open_until:
+            return False
+        self.probing = True
+        return True
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.probing = False
+
+    def failed(self) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.is_open:
+            self.open_until = time.monotonic() + self.cooldown
+
+    def abandoned(self) -> None:
+        # A cancelled probe proved nothing; let the next caller probe instead of sticking half-open.
+        self.probing = False
+
+
+class RedisCounters(Counters):
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float = 0.1,
+        breaker_threshold: int = 3,
+        breaker_cooldown: float = 5.0,
+        prefix: str = "portway:",
+    ) -> None:
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            # Retrying on the hot path would multiply the worst-case latency; the breaker handles outages.
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._admit_script = self._redis.register_script(ADMIT_LUA)
+        self._settle_script = self._redis.register_script(SETTLE_LUA)
+        self._prefix = prefix
+        self._breaker = _Breaker(breaker_threshold, breaker_cooldown)
+        # Connect + EVALSHA, plus SCRIPT LOAD + EVALSHA once after a Redis restart (NOSCRIPT): each step is
+        # bounded by the socket timeout, this caps the sum in case of event-loop or DNS surprises.
+        self._deadline = socket_timeout * 4
+        self._outage_logged = False
+
+    @property
+    def breaker_open(self) -> bool:
+        """True while Redis is considered down (admissions use the fail-open/closed policy)."""
+        return self._breaker.is_open
+
+    async def _call(self, op: Callable[[], Awaitable[Any]]) -> Any | None:
+        """Run one Redis operation under the breaker and deadline; None means Redis is unavailable."""
+        if not self._breaker.allow():
+            return None
+        try:
+            async with asyncio.timeout(self._deadline):
+                result = await op()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._breaker.failed()
+            self._note_outage(exc)
+            return None
+        except BaseException:
+            self._breaker.abandoned()
+            raise
+        self._breaker.succeeded()
+        if self._outage_logged:
+            self._outage_logged = False
+            log.info("limits: Redis is reachable again; counters are shared again")
+        return result
+
+    def _note_outage(self, exc: BaseException) -> None:
+        # Once per outage: during one, every request would otherwise log the same line.
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning(
+                "limits: Redis unavailable (%s: %s); rate limits fail open, budgets fail closed until it"
+                " recovers",
+                type(exc).__name__,
+                exc,
+            )
+
+    async def admit(
+        self, limits: Sequence[Limit], *, tokens: int, cost: float, now: float | None = None
+    ) -> Decision:
+        t = time.time() if now is None else now
+        if not limits:
+            return decide(limits, [], [], None, t)
+        slots = [plan(limit, tokens=tokens, cost=cost, now=t) for limit in limits]
+        keys = [self._prefix + s.key for s in slots]
+        args = [v for s in slots for v in (s.amount, s.cap, s.ttl)]
+        reply = await self._call(lambda: self._admit_script(keys=keys, args=args))
+        if reply is None:
+            return degraded_decision(limits, self._breaker.cooldown)
+        refused = int(reply[0])
+        stored = [int(v) for v in reply[1:]]
+        return decide(limits, slots, stored, refused - 1 if refused else None, t)
+
+    async def _adjust(self, deltas: list[tuple[str, int]]) -> None:
+        if not deltas:
+            return
+        keys = [self._prefix + k for k, _ in deltas]
+        args = [d for _, d in deltas]
+        # Best effort: a lost settle leaves the estimate in place, which errs on the safe side for budgets.
+        await self._call(lambda: self._settle_script(keys=keys, args=args))
+
+    async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
+        if reservation.open_for_settle():
+            reservation.settled = True
+            await self._adjust(reservation.adjustments(tokens=tokens, cost=cost))
+
+    async def release(self, reservation: Reservation) -> None:
+        if reservation.open_for_release():
+            reservation.released = True
+            await self._adjust(reservation.adjustments(tokens=0, cost=0.0))
+
+    async def usage(self, limits: Sequence[Limit], now: float | None = None) -> list[LimitUsage]:
+        t = time.time() if now is None else now
+        if not limits:
+            return []
+        slots = [plan(limit, tokens=0, cost=0.0, now=t) for limit in limits]
+        keys = [self._prefix + s.key for s in slots]
+        values = await self._call(lambda: self._redis.mget(keys))
+        stored: list[int | None] = (
+            [None] * len(slots) if values is None else [int(v) if v is not None else 0 for v in values]
+        )
+        return [usage_of(limit, s, v) for limit, s, v in zip(limits, slots, stored, strict=True)]
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,13 @@
+"""Alembic environment: portway runs migrations itself at start, on the connection it passes in."""
+
+from alembic import context
+
+from portway.stores.sql.tables import metadata
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("portway applies its migrations at start; run `portway serve` (or `portway migrate`)")
+
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

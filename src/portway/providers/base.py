@@ -1,0 +1,125 @@
+"""The provider seam: what the gateway asks of an upstream, and what comes back.
+
+A provider turns one attempt (ChatCall) into either a Completion (non-stream) or a ChatStream. It raises
+UpstreamFailure, classified into a FailureKind, for everything that went wrong; the gateway's attempt loop
+decides what to do with each kind (next key, retry, next target, or return to the client). A stream is only
+returned once its first event has arrived, so a failure before the first byte can still fall back.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class FailureKind(enum.Enum):
+    AUTH = "auth"  # 401/403: this key is bad -> drop it from the pool, try the next key
+    RATE_LIMIT = "rate_limit"  # 429: cool this key down (Retry-After), next key, then next target
+    SERVER = "server"  # 5xx: retry with backoff, then next target
+    TIMEOUT = "timeout"  # no (first) byte in time
+    CONNECTION = "connection"  # refused, reset, DNS...
+    BAD_RESPONSE = "bad_response"  # 2xx that is not a valid answer (garbage, cut stream)
+    BAD_REQUEST = "bad_request"  # 400/422: the client's fault -> returned as is, no fallback
+
+
+class UpstreamFailure(Exception):
+    """One failed attempt. `message` is safe to show a client: no key, no upstream secret."""
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        error_code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.error_code = error_code
+        self.param = param
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_openai(cls, raw: Any) -> Usage | None:
+        if not isinstance(raw, dict):
+            return None
+        prompt = raw.get("prompt_tokens")
+        completion = raw.get("completion_tokens")
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            return None
+        return cls(prompt, completion)
+
+
+@dataclass(slots=True)
+class ChatCall:
+    """One attempt at one target. `payload` is the client's validated body; the provider sets `model`."""
+
+    payload: dict[str, Any]
+    model: str
+    stream: bool
+    key: str | None
+    timeout: float  # seconds: whole response (non-stream) or first event (stream)
+    idle_timeout: float = 60.0  # stream: longest gap allowed between two events
+
+
+@dataclass(slots=True)
+class Completion:
+    body: bytes  # OpenAI chat.completion JSON, handed to the client byte for byte
+    usage: Usage | None
+    served_model: str
+    status: int = 200
+
+
+@runtime_checkable
+class ChatStream(Protocol):
+    """Complete SSE events (each ending in a blank line), passed through as they arrive.
+
+    Iterating raises UpstreamFailure if the stream breaks mid-way (reset, cut before `data: [DONE]`,
+    idle timeout). `usage` is filled in when the upstream reports it. `aclose()` cancels the upstream
+    work (closes the connection, stops local generation) and is safe to call twice.
+    """
+
+    usage: Usage | None
+    served_model: str
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    name: str
+    needs_key: bool
+
+    async def chat(self, call: ChatCall) -> Completion | ChatStream: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class ProviderSettings:
+    """The provider-specific part of gateway.yaml, as the registry hands it to a provider class."""
+
+    name: str
+    type: str
+    base_url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None  # per-attempt cap; the request deadline still wins
+    stream_usage: bool = True  # ask OpenAI-compatible upstreams for usage in streams
+    options: dict[str, Any] = field(default_factory=dict)  # type-specific extras (e.g. local model knobs)

@@ -1,0 +1,288 @@
+"""Any OpenAI-compatible upstream (Groq, OpenRouter, OpenAI, Together, vLLM, Ollama...).
+
+The adapter part is pure (build_chat_request, parse_chat_response, classify_error) and covered by golden
+payload tests; `chat()` drives it over the shared Transport. Subclasses change the declarative part only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+
+from portway.providers.base import (
+    ChatCall,
+    ChatStream,
+    Completion,
+    FailureKind,
+    ProviderSettings,
+    UpstreamFailure,
+    Usage,
+)
+from portway.providers.sse import EventSplitter, event_data
+from portway.transport import Transport, WireRequest
+
+# Fields that steer the gateway itself and must not reach an upstream.
+GATEWAY_ONLY_FIELDS = frozenset({"models"})
+_MAX_FIRST_EVENT = 256 * 1024  # an upstream that sends this much without one SSE event is not speaking SSE
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def _status_kind(status: int) -> FailureKind:
+    if status in (401, 403):
+        return FailureKind.AUTH
+    if status == 429:
+        return FailureKind.RATE_LIMIT
+    if status in (400, 404, 409, 413, 422):
+        return FailureKind.BAD_REQUEST
+    return FailureKind.SERVER
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """(message, code, param) from an OpenAI-style or Hugging Face-style error body."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None, None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, str):  # Hugging Face: {"error": "message"}
+        return err, None, None
+    if isinstance(err, dict):
+        msg, code, param = err.get("message"), err.get("code"), err.get("param")
+        return (
+            msg if isinstance(msg, str) else None,
+            str(code) if isinstance(code, str | int) and code != "" else None,
+            param if isinstance(param, str) else None,
+        )
+    return None, None, None
+
+
+class OpenAICompatProvider:
+    needs_key: ClassVar[bool] = True
+    chat_path: ClassVar[str] = "/chat/completions"
+    auth_header: ClassVar[str] = "Authorization"
+    auth_scheme: ClassVar[str] = "Bearer "
+    # OpenAI parameter name -> this upstream's name (most OpenAI-compatible servers need none).
+    param_renames: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, settings: ProviderSettings, transport: Transport) -> None:
+        if not settings.base_url:
+            raise ValueError(f"provider {settings.name}: base_url is required")
+        self.name = settings.name
+        self.settings = settings
+        self.transport = transport
+        self._url = settings.base_url.rstrip("/") + self.chat_path
+
+    # -- pure adapter ---------------------------------------------------------------------------------
+
+    def build_chat_request(self, call: ChatCall) -> tuple[WireRequest, bool]:
+        """The wire request, and whether we asked for stream usage the client did not ask for."""
+        body = {k: v for k, v in call.payload.items() if k not in GATEWAY_ONLY_FIELDS}
+        body["model"] = call.model
+        injected = False
+        if call.stream and self.settings.stream_usage:
+            opts = body.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage")):
+                body["stream_options"] = {**(opts or {}), "include_usage": True}
+                injected = True
+        for src, dst in self.param_renames.items():
+            if src in body:
+                body[dst] = body.pop(src)
+        headers = {"Content-Type": "application/json", **self.settings.headers}
+        if call.stream:
+            headers["Accept"] = "text/event-stream"
+        if call.key is not None:
+            headers[self.auth_header] = self.auth_scheme + call.key
+        return WireRequest("POST", self._url, headers, orjson.dumps(body)), injected
+
+    def classify_error(self, status: int, headers: Any, body: bytes, key: str | None) -> UpstreamFailure:
+        kind = _status_kind(status)
+        retry_after = (
+            parse_retry_after(headers.get("Retry-After")) if kind is FailureKind.RATE_LIMIT else None
+        )
+        if kind is not FailureKind.BAD_REQUEST:
+            # Upstream wording for auth/rate/server errors may echo (part of) our key: never relay it.
+            return UpstreamFailure(
+                kind, f"upstream returned HTTP {status}", status=status, retry_after=retry_after
+            )
+        message, code, param = _error_fields(body)
+        message = message or f"upstream rejected the request (HTTP {status})"
+        if key:
+            message = message.replace(key, "***")
+        return UpstreamFailure(kind, message, status=status, error_code=code, param=param)
+
+    def parse_chat_response(self, body: bytes, model: str) -> Completion:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream sent a body that is not JSON") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+            raise UpstreamFailure(
+                FailureKind.BAD_RESPONSE, "upstream sent JSON that is not a chat completion"
+            )
+        served = obj.get("model")
+        return Completion(
+            body, Usage.from_openai(obj.get("usage")), served if isinstance(served, str) else model
+        )
+
+    # -- IO --------------------------------------------------------------------------------------------
+
+    async def chat(self, call: ChatCall) -> Completion | ChatStream:
+        req, injected = self.build_chat_request(call)
+        timeout = min(call.timeout, self.settings.timeout or call.timeout)
+        try:
+            if not call.stream:
+                return await self._complete(req, call, timeout)
+            return await self._open_stream(req, call, timeout, injected)
+        except TimeoutError:
+            raise UpstreamFailure(FailureKind.TIMEOUT, f"no answer within {timeout:g}s") from None
+        except aiohttp.ClientResponseError as exc:
+            raise UpstreamFailure(
+                FailureKind.BAD_RESPONSE, f"malformed upstream response ({exc.status})"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamFailure(
+                FailureKind.CONNECTION, f"connection failed: {type(exc).__name__}"
+            ) from None
+
+    async def _complete(self, req: WireRequest, call: ChatCall, timeout: float) -> Completion:
+        async with asyncio.timeout(timeout):
+            async with await self.transport.send(req) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise self.classify_error(resp.status, resp.headers, body, call.key)
+        return self.parse_chat_response(body, call.model)
+
+    async def _open_stream(
+        self, req: WireRequest, call: ChatCall, timeout: float, injected: bool
+    ) -> ChatStream:
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self.transport.send(req, read_timeout=call.idle_timeout)
+                if resp.status >= 400:
+                    raise self.classify_error(resp.status, resp.headers, await resp.read(), call.key)
+                splitter = EventSplitter()
+                first = await _first_events(resp, splitter)
+        except BaseException:
+            if resp is not None:
+                resp.close()
+            raise
+        return HttpChatStream(resp, splitter, first, strip_usage=injected, model=call.model)
+
+
+async def _first_events(resp: aiohttp.ClientResponse, splitter: EventSplitter) -> list[bytes]:
+    """Read until one whole event is in: only then is the stream committed to this upstream."""
+    first: list[bytes] = []
+    while not first:
+        chunk = await resp.content.readany()
+        if not chunk:
+            raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream stream ended before any event")
+        first = splitter.feed(chunk)
+        if not first and len(splitter.pending) > _MAX_FIRST_EVENT:
+            raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream did not send server-sent events")
+    if not first[0].lstrip().startswith((b"data:", b":", b"event:", b"id:", b"retry:")):
+        raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream did not send server-sent events")
+    return first
+
+
+class HttpChatStream:
+    """Pass-through of upstream SSE events; notes usage and [DONE]; turns a broken stream into an error."""
+
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        splitter: EventSplitter,
+        first: list[bytes],
+        *,
+        strip_usage: bool,
+        model: str,
+    ) -> None:
+        self._resp = resp
+        self._splitter = splitter
+        self._first = first
+        self._strip_usage = strip_usage
+        self._done = False
+        self.usage: Usage | None = None
+        self.served_model = _served_model(first[0]) or model
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        try:
+            for event in self._first:
+                if self._keep(event):
+                    yield event
+            while not self._done:
+                try:
+                    chunk = await self._resp.content.readany()
+                except TimeoutError:
+                    raise UpstreamFailure(FailureKind.TIMEOUT, "upstream stream stalled") from None
+                except (aiohttp.ClientError, OSError):
+                    raise UpstreamFailure(FailureKind.CONNECTION, "upstream stream broke off") from None
+                if not chunk:
+                    raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream stream ended before [DONE]")
+                for event in self._splitter.feed(chunk):
+                    if self._keep(event):
+                        yield event
+        finally:
+            await self.aclose()
+
+    def _keep(self, event: bytes) -> bool:
+        """Note [DONE] and usage; drop the usage-only chunk when only we asked for it."""
+        if b"[DONE]" in event and event_data(event) == b"[DONE]":
+            self._done = True
+            return True
+        if b'"usage"' not in event:
+            return True
+        data = event_data(event)
+        try:
+            obj = orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(obj, dict):
+            return True
+        usage = Usage.from_openai(obj.get("usage"))
+        if usage is not None:
+            self.usage = usage
+            if self._strip_usage and obj.get("choices") == []:
+                return False
+        return True
+
+    async def aclose(self) -> None:
+        if self._done:
+            self._resp.release()
+        else:
+            self._resp.close()  # closing the connection is how an upstream learns the client went away
+
+
+def _served_model(event: bytes) -> str | None:
+    data = event_data(event)
+    if not data or data == b"[DONE]":
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    model = obj.get("model") if isinstance(obj, dict) else None
+    return model if isinstance(model, str) else None

@@ -1,0 +1,1 @@
+"""Services: the use cases the HTTP layer calls (chat, identity, usage recording, health)."""

@@ -1,0 +1,67 @@
+"""Who is calling: the master key for now (virtual keys and users plug in here)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from portway.errors import InvalidApiKey
+
+log = logging.getLogger("portway.auth")
+MASTER_KEY_FILE = "master.key"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: str  # "master", "key:<id>", "user:<id>": safe to log and store
+    is_admin: bool = False
+
+
+MASTER = Principal("master", is_admin=True)
+
+
+def ensure_master_key(data_dir: Path, from_env: str | None) -> str:
+    """PORTWAY_MASTER_KEY if set; else <data_dir>/master.key, generated (mode 0600) on first start."""
+    if from_env:
+        return from_env
+    path = data_dir / MASTER_KEY_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = "sk-pw-master-" + secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker won the race: use its key
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    log.warning("generated a master key and stored it in %s (mode 0600)", path.resolve())
+    return key
+
+
+def bearer_token(authorization: str | None, x_api_key: str | None) -> str | None:
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    if x_api_key:
+        return x_api_key.strip() or None
+    return None
+
+
+class Authenticator:
+    def __init__(self, master_key: str) -> None:
+        self._master = master_key.encode()
+
+    def authenticate(self, token: str | None) -> Principal:
+        if token is None:
+            raise InvalidApiKey("Missing API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'")
+        if hmac.compare_digest(token.encode(), self._master):
+            return MASTER
+        raise InvalidApiKey("Incorrect API key provided")

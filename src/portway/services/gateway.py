@@ -1,0 +1,92 @@
+"""The assembled gateway: what a worker needs, built from Settings + GatewayConfig, opened/closed once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from portway.config import GatewayConfig
+from portway.gateway.attempts import AttemptRunner
+from portway.gateway.keypool import KeyPool
+from portway.gateway.router import Router
+from portway.providers.base import Provider, ProviderSettings
+from portway.providers.registry import create_provider
+from portway.services.auth import Authenticator, ensure_master_key
+from portway.services.chat import ChatService
+from portway.services.usage_writer import UsageWriter
+from portway.settings import Settings
+from portway.stores.records import UsageRecord
+from portway.stores.sql.database import Database
+from portway.transport import Transport
+
+log = logging.getLogger("portway")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, cfg: GatewayConfig) -> None:
+        self.settings = settings
+        self.cfg = cfg
+        self.transport = Transport()
+        self.providers: dict[str, Provider] = {}
+        self.pools: dict[str, KeyPool] = {}
+        rc = cfg.routing
+        for name, pc in cfg.enabled_providers().items():
+            ps = ProviderSettings(
+                name=name,
+                type=pc.type,
+                base_url=pc.base_url,
+                headers=dict(pc.headers),
+                timeout=pc.timeout,
+                stream_usage=pc.stream_usage,
+                options=dict(pc.options),
+            )
+            self.providers[name] = create_provider(ps, self.transport)
+            keys: list[str | None] = list(pc.api_keys) if pc.api_keys else [None]
+            self.pools[name] = KeyPool(
+                name,
+                keys,
+                breaker_threshold=rc.breaker_threshold,
+                breaker_cooldown=rc.breaker_cooldown,
+                max_cooldown=rc.max_cooldown,
+            )
+        self.router = Router(cfg)
+        self.runner = AttemptRunner(self.providers, self.pools, rc)
+        self.db = Database(settings.resolved_database_url())
+        self.usage = UsageWriter(self.db)
+        self.chat = ChatService(self.router, self.runner, self._record)
+        self.auth = Authenticator(
+            ensure_master_key(
+                settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None
+            )
+        )
+        self._bg: list[asyncio.Task[Any]] = []
+
+    def _record(self, record: UsageRecord) -> None:
+        if self.cfg.server.request_log:
+            self.usage.submit(record)
+
+    async def start(self) -> None:
+        await self.db.migrate()
+        self.usage.start()
+        for provider in self.providers.values():
+            warm = getattr(provider, "warm", None)
+            if warm is not None:  # load the local model in the background: /health answers meanwhile
+                self._bg.append(asyncio.create_task(warm(), name="portway-warm"))
+
+    async def aclose(self) -> None:
+        for task in self._bg:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        await self.usage.aclose()
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.transport.aclose()
+        await self.db.aclose()
+
+    def provider_health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {name: {"keys": pool.snapshot(now)} for name, pool in self.pools.items()}

@@ -1,0 +1,27 @@
+"""Process settings from PORTWAY_* environment variables (the YAML config holds providers and routing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PORTWAY_", extra="ignore")
+
+    config: Path | None = Field(default=None, description="gateway.yaml path (PORTWAY_CONFIG)")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    data_dir: Path = Path("./data")
+    master_key: SecretStr | None = None
+    database_url: str | None = None  # default: sqlite+aiosqlite:///<data_dir>/portway.db
+    redis_url: str | None = None
+    log_level: str = "info"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'portway.db').resolve()}"

@@ -1,0 +1,1 @@
+"""Stores: interfaces with memory, SQL (SQLite default, Postgres) and Redis implementations."""

@@ -1,0 +1,80 @@
+"""Engine creation, migrations at start, readiness probe, and the request-log sink."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from portway.stores.records import UsageRecord
+from portway.stores.sql.tables import request_log
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers and the batched writer (and several workers) share the file without blocking.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _upgrade(connection: sa.Connection) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Apply Alembic migrations up to head (a no-op when already there)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+
+    async def migrate(self) -> None:
+        await migrate(self.engine)
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    async def write_usage(self, records: list[UsageRecord]) -> None:
+        rows = []
+        for r in records:
+            row = asdict(r)
+            row["total_tokens"] = r.prompt_tokens + r.completion_tokens
+            rows.append(row)
+        async with self.engine.begin() as conn:
+            await conn.execute(request_log.insert(), rows)
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
