@@ -161,7 +161,10 @@ def build_answer(body: dict[str, Any]) -> _Answer:
     finish = "stop"
     if isinstance(limit, int) and 0 <= limit < len(words):
         words, finish = words[:limit], "length"
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+    # stream_options only decides whether a usage chunk is sent, not what the answer is: leaving it out
+    # of the id lets a gateway that asks for usage on its own still be compared chunk for chunk.
+    answer_fields = {k: v for k, v in body.items() if k != "stream_options"}
+    digest = hashlib.sha256(json.dumps(answer_fields, sort_keys=True).encode()).hexdigest()[:12]
     prompt = sum(len(_text(m.get("content")).split()) for m in messages)
     return _Answer("chatcmpl-" + digest, body.get("model"), words, finish, prompt)
 
@@ -307,7 +310,7 @@ class FakeUpstream:
         with self._lock:
             return list(self._journal)
 
-    def wait_for(self, predicate: Callable[[list[RecordedRequest]], bool], timeout: float = 5.0) -> bool:
+    def wait_for(self, predicate: Callable[[list[RecordedRequest]], object], timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while not predicate(self.requests):
             if time.monotonic() >= deadline:
@@ -317,8 +320,8 @@ class FakeUpstream:
 
     async def wait_for_async(
         self,
-        predicate: Callable[[list[RecordedRequest]], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109
+        predicate: Callable[[list[RecordedRequest]], object],
+        timeout: float = 5.0,
     ) -> bool:
         """Like wait_for, but yields to the caller's loop (e.g. an in-process gateway)."""
         deadline = time.monotonic() + timeout
@@ -387,13 +390,12 @@ class FakeUpstream:
     ) -> web.StreamResponse:
         try:
             return await self._respond(request, rec, ok, answer)
-        except asyncio.CancelledError:
-            # aiohttp cancels the handler when the client goes away (handler_cancellation=True).
-            if not rec.completed:
-                rec.disconnected = True
-            raise
-        except ConnectionResetError:
-            rec.disconnected = True
+        except (asyncio.CancelledError, ConnectionResetError) as exc:
+            # aiohttp cancels the handler when the client goes away (handler_cancellation=True);
+            # either way our final write did not finish, so undo the optimistic `completed`.
+            rec.completed, rec.disconnected = False, True
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return web.Response()
 
     async def _respond(
@@ -454,13 +456,13 @@ class FakeUpstream:
                 rec.disconnected = True
                 return resp
             data = event.encode() if isinstance(event, str) else _dumps(event)
+            rec.completed = not cut and i == len(events) - 1  # optimistic, see _finish
             # One write per event so chunk boundaries reach the socket separately.
             await resp.write(b"data: " + data + b"\n\n")
         if cut:
             _abort(request)
             return resp
         await resp.write_eof()
-        rec.completed = True
         return resp
 
     async def _sleep(self, request: web.Request, rec: RecordedRequest, seconds: float) -> bool:
@@ -485,10 +487,15 @@ class FakeUpstream:
         return await self._finish(request, rec, resp)
 
     async def _finish(self, request: web.Request, rec: RecordedRequest, resp: web.Response) -> web.Response:
-        # Written here rather than by aiohttp after return, so `completed` means the bytes were sent.
-        await resp.prepare(request)
-        await resp.write_eof()
+        # Set before the bytes leave: a client holding the whole response must never observe
+        # completed=False (the server thread may resume after the client has moved on).
         rec.completed = True
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except BaseException:
+            rec.completed = False
+            raise
         return resp
 
 

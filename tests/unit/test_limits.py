@@ -94,6 +94,13 @@ async def test_tpm_reserve_then_settle_with_more_and_less(counters: MemoryCounte
     assert not (await counters.admit([limit], tokens=1, cost=0.0, now=NOON)).allowed
 
 
+async def test_a_zero_estimate_can_still_be_settled_to_real_usage(counters: MemoryCounters) -> None:
+    limits = [tpm("key:k1", 1000), budget("user:u1", 1.0, "daily")]
+    d = await counters.admit(limits, tokens=0, cost=0.0, now=NOON)
+    await counters.settle(d.reservation, tokens=500, cost=0.25)
+    assert [await used(counters, lim) for lim in limits] == [500, 0.25]
+
+
 async def test_settle_never_goes_below_zero(counters: MemoryCounters) -> None:
     limit = tpm("key:k1", 1000)
     d = await counters.admit([limit], tokens=10, cost=0.0, now=NOON)
@@ -304,3 +311,22 @@ async def test_old_windows_are_dropped_lazily(counters: MemoryCounters) -> None:
     for minute in range(10):
         await counters.admit(limits, tokens=1, cost=0.0, now=NOON + 60 * minute)
     assert len(counters._values) <= 6  # only windows younger than their 120 s TTL survive a sweep
+
+
+def test_breaker_opens_after_threshold_and_lets_one_probe_through_after_cooldown() -> None:
+    from portway.gateway.limits_redis import _Breaker
+
+    b = _Breaker(threshold=2, cooldown=0.0)
+    assert b.allow()
+    b.failed(probe=False)
+    assert b.allow() and not b.is_open
+    b.failed(probe=False)
+    assert b.is_open
+    assert b.allow()  # cooldown over: this caller probes...
+    assert not b.allow()  # ...and everyone else keeps deciding without Redis meanwhile
+    b.failed(probe=True)  # failed probe: open again
+    assert b.is_open and b.allow()
+    b.abandoned(probe=True)  # a cancelled probe frees the slot for the next caller
+    assert b.allow()
+    b.succeeded()
+    assert not b.is_open and b.allow()

@@ -83,7 +83,7 @@ class KeyPool:
     def next_available_in(self, now: float) -> float | None:
         """Seconds until some key is usable again (for Retry-After), None if every key is disabled."""
         waits = [
-            max(s.cooldown_until - now, (s.breaker.opened_at or now) + s.breaker.cooldown - now, 0.0)
+            max(s.cooldown_until - now, _breaker_wait(s.breaker, now), 0.0)
             for s in self.states
             if not s.disabled
         ]
@@ -99,3 +99,7 @@ class KeyPool:
             }
             for s in self.states
         ]
+
+
+def _breaker_wait(breaker: Breaker, now: float) -> float:
+    return 0.0 if breaker.opened_at is None else breaker.opened_at + breaker.cooldown - now

@@ -291,7 +291,8 @@ def decide(
     for slot, base in zip(slots, stored, strict=True):
         pending[slot.key] = pending.get(slot.key, 0) + slot.amount
         after.append(base + pending[slot.key])
-    held = [Held(s.key, s.kind, s.amount) for s in slots if s.amount > 0]
+    # Zero estimates are held too: settling real usage must still find (and add to) their counters.
+    held = [Held(s.key, s.kind, s.amount) for s in slots]
     return Decision(True, None, 0.0, _rate_headers(slots, after, now), Reservation(held))
 
 
@@ -352,9 +353,8 @@ class MemoryCounters(Counters):
         refused = first_refusal(slots, stored)
         if refused is None:
             for s in slots:
-                if s.amount > 0:
-                    self._values[s.key] = self._values.get(s.key, 0) + s.amount
-                    self._expires[s.key] = t + s.ttl
+                self._values[s.key] = self._values.get(s.key, 0) + s.amount
+                self._expires[s.key] = t + s.ttl
         return decide(limits, slots, stored, refused, t)
 
     def _adjust(self, deltas: list[tuple[str, int]]) -> None:

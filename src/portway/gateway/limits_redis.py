@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -57,10 +58,9 @@ for i = 1, #KEYS do
 end
 if refused == 0 then
   for i = 1, #KEYS do
-    if ARGV[3 * i - 2] ~= '0' then
-      redis.call('INCRBY', KEYS[i], ARGV[3 * i - 2])
-      redis.call('EXPIRE', KEYS[i], ARGV[3 * i])
-    end
+    -- INCRBY 0 still creates the counter, so a zero estimate can be settled to real usage later.
+    redis.call('INCRBY', KEYS[i], ARGV[3 * i - 2])
+    redis.call('EXPIRE', KEYS[i], ARGV[3 * i])
   end
 end
 table.insert(stored, 1, refused)
@@ -108,15 +108,17 @@ class _Breaker:
         self.failures = 0
         self.probing = False
 
-    def failed(self) -> None:
+    def failed(self, probe: bool) -> None:
         self.failures += 1
-        self.probing = False
+        if probe:
+            self.probing = False
         if self.is_open:
             self.open_until = time.monotonic() + self.cooldown
 
-    def abandoned(self) -> None:
-        # A cancelled probe proved nothing; let the next caller probe instead of sticking half-open.
-        self.probing = False
+    def abandoned(self, probe: bool) -> None:
+        # A cancelled or starved probe proved nothing: let the next caller probe rather than stay half-open.
+        if probe:
+            self.probing = False
 
 
 class RedisCounters(Counters):
@@ -128,9 +130,11 @@ class RedisCounters(Counters):
         breaker_threshold: int = 3,
         breaker_cooldown: float = 5.0,
         prefix: str = "portway:",
+        max_connections: int = 64,
     ) -> None:
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
+            max_connections=max_connections,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
             # Retrying on the hot path would multiply the worst-case latency; the breaker handles outages.
@@ -144,7 +148,13 @@ class RedisCounters(Counters):
         # Connect + EVALSHA, plus SCRIPT LOAD + EVALSHA once after a Redis restart (NOSCRIPT): each step is
         # bounded by the socket timeout, this caps the sum in case of event-loop or DNS surprises.
         self._deadline = socket_timeout * 4
+        # redis-py's pool raises at max_connections instead of waiting; this makes a burst queue briefly for
+        # a connection instead, and tells a local burst apart from Redis failing (only the latter counts
+        # toward the breaker, so a flood of requests cannot trip it and switch every limit to fail-open).
+        self._connections = asyncio.Semaphore(max_connections)
         self._outage_logged = False
+        self._saturation_logged_at = -math.inf
+        self._max_connections = max_connections
 
     @property
     def breaker_open(self) -> bool:
@@ -155,21 +165,43 @@ class RedisCounters(Counters):
         """Run one Redis operation under the breaker and deadline; None means Redis is unavailable."""
         if not self._breaker.allow():
             return None
+        probe = self._breaker.is_open  # allowed through an open breaker: this call is the probe
+        deadline = asyncio.get_running_loop().time() + self._deadline
         try:
-            async with asyncio.timeout(self._deadline):
+            async with asyncio.timeout_at(deadline):
+                await self._connections.acquire()
+        except BaseException as exc:
+            self._breaker.abandoned(probe)
+            if isinstance(exc, TimeoutError):
+                self._note_saturation()
+                return None
+            raise
+        try:
+            async with asyncio.timeout_at(deadline):
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._breaker.failed()
+            self._breaker.failed(probe)
             self._note_outage(exc)
             return None
         except BaseException:
-            self._breaker.abandoned()
+            self._breaker.abandoned(probe)
             raise
+        finally:
+            self._connections.release()
         self._breaker.succeeded()
         if self._outage_logged:
             self._outage_logged = False
             log.info("limits: Redis is reachable again; counters are shared again")
         return result
+
+    def _note_saturation(self) -> None:
+        now = time.monotonic()
+        if now - self._saturation_logged_at >= 60.0:
+            self._saturation_logged_at = now
+            log.warning(
+                "limits: all %d Redis connections busy past the deadline; deciding without Redis",
+                self._max_connections,
+            )
 
     def _note_outage(self, exc: BaseException) -> None:
         # Once per outage: during one, every request would otherwise log the same line.

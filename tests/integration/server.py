@@ -1,0 +1,94 @@
+"""Start portway as a real server process (`python -m portway serve`) for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+MASTER_KEY = "sk-pw-test-master-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PortwayProcess:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any] | None,
+        *,
+        env: dict[str, str] | None = None,
+        master_key: str | None = MASTER_KEY,
+        workers: int = 1,
+    ) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = self.url + "/v1"
+        self.log_path = workdir / "portway.log"
+        args = [sys.executable, "-m", "portway", "serve", "--port", str(self.port), "--workers", str(workers)]
+        if config is not None:
+            cfg_path = workdir / "gateway.yaml"
+            cfg_path.write_text(yaml.safe_dump(config))
+            args += ["--config", str(cfg_path)]
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("PORTWAY_")
+            and k not in ("GROQ_API_KEY", "OPENROUTER_API_KEY", "OPENAI_API_KEY", "HF_TOKEN")
+        }
+        full_env.update({"PORTWAY_DATA_DIR": str(self.data_dir), **(env or {})})
+        if master_key is not None:
+            full_env["PORTWAY_MASTER_KEY"] = master_key
+        self.master_key = master_key
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            args, cwd=workdir, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        until = time.monotonic() + timeout
+        while time.monotonic() < until:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"portway exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"portway did not start in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.master_key}"}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
