@@ -76,7 +76,8 @@ class PortwayProcess:
         raise RuntimeError(f"portway did not start in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def headers(self, key: str | None = None) -> dict[str, str]:

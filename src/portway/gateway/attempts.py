@@ -46,7 +46,13 @@ class Attempt:
     latency_ms: float = 0.0
 
     def public(self) -> dict[str, Any]:
-        return {"provider": self.provider, "model": self.model, "status": self.status, "error": self.error}
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "outcome": self.kind,
+            "error": self.error,
+        }
 
 
 @dataclass(slots=True)

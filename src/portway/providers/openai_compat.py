@@ -146,6 +146,9 @@ class OpenAICompatProvider:
 
     # -- IO --------------------------------------------------------------------------------------------
 
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the shared Transport belongs to the Gateway."""
+
     async def chat(self, call: ChatCall) -> Completion | ChatStream:
         req, injected = self.build_chat_request(call)
         timeout = min(call.timeout, self.settings.timeout or call.timeout)

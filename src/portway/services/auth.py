@@ -16,9 +16,25 @@ MASTER_KEY_FILE = "master.key"
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """Limits attached to a key or a user; None means "no limit of this kind"."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    daily_requests: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "total"  # "daily" | "monthly" | "total"
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     id: str  # "master", "key:<id>", "user:<id>": safe to log and store
     is_admin: bool = False
+    key_id: str | None = None
+    user_id: str | None = None
+    allowed_models: tuple[str, ...] | None = None  # glob patterns (aliases included); None = any model
+    key_limits: LimitSpec | None = None
+    user_limits: LimitSpec | None = None
 
 
 MASTER = Principal("master", is_admin=True)

@@ -49,7 +49,8 @@ class ChatService:
             targets = self.router.plan(model, payload.get("models"))
             outcome = await self.runner.run(targets, payload, stream)
         except PortwayError as err:
-            self._record(ctx, model, None, stream, err.status_code, None, err.code, 0)
+            tried = sum(1 for a in err.extra.get("attempts", ()) if a.get("outcome") != "skipped")
+            self._record(ctx, model, None, stream, err.status_code, None, err.code, tried)
             raise
         target = outcome.target
         if isinstance(outcome.result, Completion):

@@ -81,11 +81,13 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-        await self.usage.aclose()
-        for provider in self.providers.values():
-            await provider.aclose()
-        await self.transport.aclose()
-        await self.db.aclose()
+        # Each step runs even if an earlier one fails: usage records are drained first, the DB closed last.
+        steps = [self.usage.aclose, *(p.aclose for p in self.providers.values())]
+        for step in [*steps, self.transport.aclose, self.db.aclose]:
+            try:
+                await step()
+            except Exception:
+                log.exception("error during shutdown")
 
     def provider_health(self) -> dict[str, Any]:
         now = time.monotonic()

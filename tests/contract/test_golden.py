@@ -1,0 +1,110 @@
+"""Golden payloads: what each provider adapter puts on the wire, and how it reads the answer.
+
+Set PORTWAY_UPDATE_GOLDEN=1 to rewrite the files after an intended change; review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict
+
+from portway.providers.base import ChatCall, FailureKind, ProviderSettings
+from portway.providers.huggingface import HuggingFaceProvider
+from portway.providers.openai_compat import OpenAICompatProvider
+from portway.transport import Transport
+
+GOLDEN = Path(__file__).parent / "golden"
+PAYLOAD: dict[str, Any] = {
+    "model": "fast",
+    "models": ["smart"],
+    "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+    "temperature": 0.3,
+    "max_tokens": 64,
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "tool_choice": "auto",
+    "response_format": {"type": "json_object"},
+    "seed": 7,
+    "user": "u-1",
+}
+
+ADAPTERS = {
+    "openai": lambda: OpenAICompatProvider(
+        ProviderSettings(
+            "groq", "openai", "https://api.groq.com/openai/v1", headers={"X-Title": "portway"}, stream_usage=True
+        ),
+        Transport(),
+    ),
+    "huggingface": lambda: HuggingFaceProvider(
+        ProviderSettings("hf", "huggingface", "https://router.huggingface.co/v1"), Transport()
+    ),
+}
+
+
+def _check(name: str, actual: dict[str, Any]) -> None:
+    path = GOLDEN / f"{name}.json"
+    if os.environ.get("PORTWAY_UPDATE_GOLDEN"):
+        path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
+    assert path.exists(), f"missing golden file {path.name}: run with PORTWAY_UPDATE_GOLDEN=1 and review it"
+    assert actual == json.loads(path.read_text())
+
+
+def _wire(adapter: OpenAICompatProvider, stream: bool, payload: dict[str, Any]) -> dict[str, Any]:
+    req, injected = adapter.build_chat_request(ChatCall(payload, "llama-3.1-8b-instant", stream, "sk-upstream", 10))
+    return {
+        "method": req.method,
+        "url": req.url,
+        "headers": req.headers,
+        "body": json.loads(req.body),
+        "usage_injected": injected,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_request(name: str, stream: bool) -> None:
+    _check(f"{name}_chat_{'stream' if stream else 'plain'}_request", _wire(ADAPTERS[name](), stream, PAYLOAD))
+
+
+def test_stream_usage_not_injected_when_client_asked() -> None:
+    wire = _wire(ADAPTERS["openai"](), True, {**PAYLOAD, "stream_options": {"include_usage": True}})
+    assert wire["usage_injected"] is False and wire["body"]["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_chat_response_parse(name: str) -> None:
+    body = (GOLDEN / "chat_response.json").read_bytes()
+    result = ADAPTERS[name]().parse_chat_response(body, "asked-model")
+    assert result.body == body  # handed to the client byte for byte
+    assert result.served_model == "llama-3.1-8b-instant"
+    assert result.usage is not None and (result.usage.prompt_tokens, result.usage.completion_tokens) == (12, 5)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "kind", "retry_after"),
+    [
+        (401, {}, b'{"error":{"message":"Incorrect API key provided: sk-upstream","code":"invalid_api_key"}}', "auth", None),
+        (403, {}, b"{}", "auth", None),
+        (429, {"Retry-After": "7"}, b"{}", "rate_limit", 7.0),
+        (429, {}, b"{}", "rate_limit", None),
+        (500, {}, b"oops", "server", None),
+        (503, {}, b"{}", "server", None),
+        (400, {}, b'{"error":{"message":"bad sk-upstream param","code":"bad_param","param":"temperature"}}', "bad_request", None),
+        (422, {}, b'{"error":"Input validation error"}', "bad_request", None),
+    ],
+)
+def test_error_classification(
+    status: int, headers: dict[str, str], body: bytes, kind: str, retry_after: float | None
+) -> None:
+    failure = ADAPTERS["openai"]().classify_error(status, CIMultiDict(headers), body, "sk-upstream")
+    assert failure.kind is FailureKind(kind) and failure.retry_after == retry_after
+    assert "sk-upstream" not in failure.message  # never relay a key the upstream echoed
+
+
+def test_hf_string_error_message_is_kept() -> None:
+    failure = ADAPTERS["huggingface"]().classify_error(422, CIMultiDict(), b'{"error":"Input too long"}', "k")
+    assert failure.message == "Input too long"

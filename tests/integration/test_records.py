@@ -1,0 +1,81 @@
+"""Usage records reach the database for every outcome, and survive shutdown; the master key's first start."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.upstream import FakeUpstream
+from tests.integration.conftest import gateway_config
+from tests.integration.server import PortwayProcess
+
+MSGS = [{"role": "user", "content": "count these words"}]
+
+
+def rows(data_dir: Path) -> list[dict[str, object]]:
+    con = sqlite3.connect(data_dir / "portway.db")
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute("SELECT * FROM request_log ORDER BY id")]
+    finally:
+        con.close()
+
+
+def test_every_outcome_is_recorded_and_drained_on_shutdown(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    gw = PortwayProcess(tmp_path_factory.mktemp("rec"), gateway_config(upstream))
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gw.master_key, max_retries=0)
+    try:
+        client.chat.completions.create(model="direct", messages=MSGS)
+        list(client.chat.completions.create(model="direct", messages=MSGS, stream=True))
+        upstream.script(["500", "500"], model="single-model")
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(model="single", messages=MSGS)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="missing", messages=MSGS)
+        upstream.script(["slowchunks:0.3"], model="single-model")
+        body = {"model": "single", "messages": MSGS, "stream": True}
+        with httpx.stream("POST", gw.base_url + "/chat/completions", json=body, headers=gw.headers()) as r:
+            for _ in r.iter_raw():
+                break
+        assert upstream.wait_for(lambda rs: rs[-1].disconnected)
+    finally:
+        gw.stop()  # SIGTERM right away: the writer's queue must be drained, not dropped
+    assert "Application shutdown complete" in gw.log()  # graceful (uvicorn then re-raises SIGTERM)
+    got = rows(gw.data_dir)
+    assert len(got) == 5, got
+    ok, streamed, failed, unknown, gone = got
+    assert ok["status"] == 200 and ok["provider"] == "up" and ok["served_model"] == "fake-model"
+    assert ok["principal"] == "master" and ok["requested_model"] == "direct"
+    assert (ok["prompt_tokens"], ok["completion_tokens"], ok["total_tokens"]) == (3, 4, 7)
+    assert streamed["stream"] == 1 and streamed["status"] == 200 and streamed["completion_tokens"] == 4
+    assert failed["status"] == 502 and failed["error_code"] == "upstream_error" and failed["attempts"] == 2
+    assert unknown["status"] == 404 and unknown["error_code"] == "model_not_found"
+    assert gone["status"] == 499 and gone["error_code"] == "client_disconnected"
+    assert all(float(str(r["latency_ms"])) > 0 for r in got)
+
+
+def test_master_key_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    gw = PortwayProcess(tmp_path, None, master_key=None)
+    try:
+        key_file = gw.data_dir / "master.key"
+        key = key_file.read_text().strip()
+        assert key.startswith("sk-pw-") and len(key) > 40
+        assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+        assert str(key_file.resolve()) in gw.log() and key not in gw.log()  # where it is, never the key
+        assert httpx.get(gw.base_url + "/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    finally:
+        gw.stop()
+    again = PortwayProcess(tmp_path, None, master_key=None)
+    try:
+        assert (again.data_dir / "master.key").read_text().strip() == key
+        assert httpx.get(again.base_url + "/models", headers={"x-api-key": key}).status_code == 200
+    finally:
+        again.stop()
