@@ -1,0 +1,63 @@
+"""The README's first-run promise: no config, no provider keys, no network -> the local model answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.server import PortwayProcess
+
+pytestmark = pytest.mark.local_model
+
+
+@pytest.fixture(scope="module")
+def default_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
+    proc = PortwayProcess(tmp_path_factory.mktemp("default"), None, master_key=None)
+    yield proc
+    proc.stop()
+
+
+def master_key(gw: PortwayProcess) -> str:
+    return (Path(gw.data_dir) / "master.key").read_text().strip()
+
+
+def test_curl_style_request_gets_local_answer(default_gateway: PortwayProcess) -> None:
+    r = httpx.post(
+        default_gateway.base_url + "/chat/completions",
+        headers={"Authorization": f"Bearer {master_key(default_gateway)}", "Content-Type": "application/json"},
+        json={"model": "fast", "messages": [{"role": "user", "content": "Say hello in one short sentence."}]},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["model"] == "smollm2"
+    assert body["choices"][0]["message"]["content"].strip()
+    assert body["usage"]["completion_tokens"] > 0
+    assert r.headers["x-portway-provider"] == "local" and r.headers["x-portway-model"] == "smollm2"
+
+
+def test_sdk_stream_from_local_model(default_gateway: PortwayProcess) -> None:
+    client = openai.OpenAI(base_url=default_gateway.base_url, api_key=master_key(default_gateway), timeout=120)
+    chunks = list(
+        client.chat.completions.create(
+            model="local/smollm2",
+            messages=[{"role": "user", "content": "Name three colours."}],
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert chunks[-1].usage is not None and 0 < chunks[-1].usage.completion_tokens <= 24
+    assert {c.model for c in chunks} == {"smollm2"}
+
+
+def test_models_lists_default_tiers(default_gateway: PortwayProcess) -> None:
+    client = openai.OpenAI(base_url=default_gateway.base_url, api_key=master_key(default_gateway))
+    ids = {m.id for m in client.models.list()}
+    assert {"fast", "balanced", "smart", "local/smollm2"} <= ids
