@@ -41,6 +41,11 @@ class ModelPool:
     def loaded(self) -> int:
         return len(self._loaded)
 
+    @property
+    def busy(self) -> int:
+        """Generations whose worker thread has not finished yet."""
+        return len(self._running)
+
     async def acquire(self) -> LoadedModel:
         """Waits for a free slot and returns an instance (loading one if none is idle)."""
         self._check_open()

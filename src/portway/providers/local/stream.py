@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Final, TypeAlias
 
 from portway.providers.base import FailureKind, UpstreamFailure, Usage
@@ -76,13 +76,13 @@ class LocalChatStream:
             self._queue.put_nowait(None)  # wakes a consumer blocked on the queue
             with contextlib.suppress(RuntimeError):  # "already running": it will see _closed and end
                 await self._events.aclose()
-        with contextlib.suppress(BaseException):
+        with contextlib.suppress(Exception):  # timeout or the worker's own failure; never CancelledError
             await asyncio.wait_for(asyncio.shield(self._worker), CLOSE_WAIT)
         if self.usage is None and self._worker.done() and not self._worker.cancelled():
             result = self._worker.result() if self._worker.exception() is None else None
             self.usage = result.usage if result is not None else None
 
-    async def _generate(self) -> AsyncIterator[bytes]:
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
         shape = self._shape
         try:
             yield encode_event(shape.role_chunk())

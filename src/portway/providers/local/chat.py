@@ -1,0 +1,137 @@
+"""LocalProvider: OpenAI chat completions from a GGUF model run in-process by llama.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from functools import partial
+
+from portway.providers.base import (
+    ChatCall,
+    ChatStream,
+    Completion,
+    FailureKind,
+    ProviderSettings,
+    UpstreamFailure,
+)
+from portway.providers.local.generate import GenerationResult, run_generation
+from portway.providers.local.model import LoadedModel, LocalModelConfig
+from portway.providers.local.params import GenerationRequest, build_request
+from portway.providers.local.pool import ModelPool
+from portway.providers.local.shapes import ResponseShape
+from portway.providers.local.stream import LocalChatStream, StreamItem, as_failure, queue_feeder
+
+
+class LocalProvider:
+    """Serves one model id (`smollm2` unless `options.model_id` says otherwise); needs no API key.
+
+    `settings.options`: model_path, model_id, n_ctx (2048), n_threads (cpu count), max_concurrency (1:
+    one loaded instance per concurrent generation), max_tokens (256: default and cap).
+    """
+
+    needs_key = False
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.config = LocalModelConfig.from_options(settings.options)
+        self.models: tuple[str, ...] = (self.config.model_id,)
+        self._pool = ModelPool(self.config)
+
+    @property
+    def busy(self) -> int:
+        """Generations still running on a worker thread (a cancelled one counts until it has stopped)."""
+        return self._pool.busy
+
+    async def warm(self) -> None:
+        """Loads the model now (in a worker thread) instead of on the first request."""
+        await self._pool.warm()
+
+    async def chat(self, call: ChatCall) -> Completion | ChatStream:
+        if call.model != self.config.model_id:
+            raise UpstreamFailure(
+                FailureKind.BAD_REQUEST,
+                f"the local provider does not serve model {call.model!r}",
+                status=404,
+                error_code="model_not_found",
+                param="model",
+            )
+        request = build_request(call.payload, self.config.max_tokens)
+        timeout = call.timeout
+        if self.settings.timeout is not None:
+            timeout = min(timeout, self.settings.timeout)
+        if call.stream:
+            return await self._stream(request, timeout, call.idle_timeout)
+        return await self._complete(request, timeout)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    async def _complete(self, request: GenerationRequest, timeout: float) -> Completion:
+        shape = ResponseShape.new(self.config.model_id)
+        parts: list[str] = []
+        cancel = threading.Event()
+        try:
+            async with asyncio.timeout(timeout):
+                model = await self._pool.acquire()
+                job = partial(run_generation, model, request, cancel, parts.append)
+                result = await asyncio.shield(self._pool.start(model, cancel, job))
+        except TimeoutError:
+            cancel.set()
+            raise _timed_out(timeout) from None
+        except BaseException:
+            cancel.set()
+            raise
+        if result.cancelled:
+            raise UpstreamFailure(FailureKind.CONNECTION, "local provider is shutting down")
+        body = shape.completion_body("".join(parts), result.finish_reason, result.usage)
+        return Completion(body=body, usage=result.usage, served_model=self.config.model_id)
+
+    async def _stream(self, request: GenerationRequest, timeout: float, idle_timeout: float) -> ChatStream:
+        shape = ResponseShape.new(self.config.model_id, include_usage=request.include_usage)
+        queue: asyncio.Queue[StreamItem] = asyncio.Queue()
+        feed = queue_feeder(asyncio.get_running_loop(), queue)
+        cancel = threading.Event()
+        try:
+            async with asyncio.timeout(timeout):
+                model = await self._pool.acquire()
+                job = partial(_stream_job, model, request, cancel, feed)
+                worker = self._pool.start(model, cancel, job)
+                first = await queue.get()
+        except TimeoutError:
+            cancel.set()
+            raise _timed_out(timeout) from None
+        except BaseException:
+            cancel.set()
+            raise
+        if isinstance(first, UpstreamFailure):
+            raise first
+        if isinstance(first, BaseException):
+            raise as_failure(first) from first
+        return LocalChatStream(
+            shape=shape, first=first, queue=queue, cancel=cancel, worker=worker, idle_timeout=idle_timeout
+        )
+
+
+def _stream_job(
+    model: LoadedModel,
+    request: GenerationRequest,
+    cancel: threading.Event,
+    feed: Callable[[StreamItem], None],
+) -> GenerationResult:
+    """Worker-thread body of a stream: text pieces, then the result (or the exception) go to the queue."""
+    try:
+        result = run_generation(model, request, cancel, feed)
+    except BaseException as exc:
+        feed(exc)
+        raise
+    if result.cancelled:  # by the provider's aclose(); a closed stream's consumer no longer listens
+        feed(UpstreamFailure(FailureKind.CONNECTION, "local provider is shutting down"))
+    else:
+        feed(result)
+    return result
+
+
+def _timed_out(timeout: float) -> UpstreamFailure:
+    return UpstreamFailure(FailureKind.TIMEOUT, f"the local model did not answer within {timeout:g}s")
