@@ -85,9 +85,36 @@ class ServerConfig(_Strict):
     request_log: bool = True
 
 
+class LimitSpecConfig(_Strict):
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute")
+    daily_requests: int | None = Field(None, ge=1, description="requests per UTC day")
+    budget_usd: float | None = Field(None, ge=0, description="spend allowed per budget_period")
+    budget_period: Literal["daily", "monthly", "total"] = "total"
+
+
+class LimitsConfig(_Strict):
+    per_ip: LimitSpecConfig = Field(default_factory=LimitSpecConfig, description="every client IP")
+    per_user: LimitSpecConfig = Field(
+        default_factory=LimitSpecConfig, description="users without limits of their own"
+    )
+    default_completion_tokens: int = Field(
+        256, ge=1, description="tokens reserved for the answer when the request sets no max_tokens"
+    )
+
+
+class PriceConfig(_Strict):
+    input: float = Field(ge=0, description="USD per 1M prompt tokens")
+    output: float = Field(ge=0, description="USD per 1M completion tokens")
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    pricing: dict[str, PriceConfig] = Field(
+        default_factory=dict, description='"provider/model" or a glob like "groq/*" -> price'
+    )
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, list[str]] = Field(default_factory=dict)
 

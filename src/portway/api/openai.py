@@ -23,13 +23,16 @@ async def chat_completions(request: Request) -> Response:
     started = time.monotonic()
     principal = authenticate(request)
     gw = gateway(request)
-    body = validate_chat(parse_json_object(await read_body(request, gw.cfg.server.max_body_bytes)))
+    raw = await read_body(request, gw.cfg.server.max_body_bytes)
+    body = validate_chat(parse_json_object(raw))
     request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
-    reply = await gw.chat.chat(body, RequestContext(request_id, principal.id, started))
+    client_ip = request.client.host if request.client else None
+    reply = await gw.chat.chat(body, RequestContext(request_id, principal, started, client_ip, len(raw)))
     headers = {
         "x-portway-provider": reply.provider,
         "x-portway-model": reply.model,
         "x-request-id": request_id,
+        **(reply.headers or {}),
     }
     if reply.stream is not None:
         return StreamingResponse(

@@ -1,13 +1,15 @@
-"""Chat completions: plan targets, run attempts, hand back bytes, record usage.
+"""Chat completions: check the caller's limits, plan targets, run attempts, hand back bytes, record usage.
 
-Usage is recorded for every outcome: success, upstream failure, a broken stream and a client disconnect.
+Usage is recorded for every outcome: success, refusal, upstream failure, a broken stream and a client
+disconnect. Limits are settled with real usage (or released) exactly once per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,16 +18,25 @@ from portway.gateway.attempts import AttemptRunner, Outcome
 from portway.gateway.router import Router
 from portway.providers.base import ChatStream, Completion, UpstreamFailure, Usage
 from portway.providers.sse import error_event
+from portway.services.admission import Admission, Ticket
+from portway.services.auth import Principal
 from portway.stores.records import UsageRecord
 
 log = logging.getLogger("portway.chat")
 
 
+async def _shielded(*aws: Awaitable[Any]) -> None:
+    """Run clean-up to completion even if the surrounding task is being cancelled."""
+    await asyncio.shield(asyncio.gather(*aws))
+
+
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    principal: str
+    principal: Principal
     started: float  # time.monotonic() at arrival
+    client_ip: str | None = None
+    body_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -34,35 +45,55 @@ class ChatReply:
     model: str
     body: bytes | None = None  # non-stream
     stream: AsyncIterator[bytes] | None = None  # stream: SSE events
+    headers: dict[str, str] | None = None  # x-ratelimit-* for the caller
 
 
 class ChatService:
-    def __init__(self, router: Router, runner: AttemptRunner, record: Callable[[UsageRecord], None]) -> None:
+    def __init__(
+        self,
+        router: Router,
+        runner: AttemptRunner,
+        admission: Admission,
+        record: Callable[[UsageRecord], None],
+    ) -> None:
         self.router = router
         self.runner = runner
+        self.admission = admission
         self.record = record
 
     async def chat(self, payload: dict[str, Any], ctx: RequestContext) -> ChatReply:
         model = payload["model"]
         stream = bool(payload.get("stream"))
+        ticket = Ticket()
         try:
-            targets = self.router.plan(model, payload.get("models"))
+            fallbacks = payload.get("models")
+            self.admission.check_models(ctx.principal, [model, *(fallbacks or ())])
+            targets = self.router.plan(model, fallbacks)
+            ticket = await self.admission.admit(
+                ctx.principal, ctx.client_ip, payload, ctx.body_bytes, targets
+            )
             outcome = await self.runner.run(targets, payload, stream)
         except PortwayError as err:
             tried = sum(1 for a in err.extra.get("attempts", ()) if a.get("outcome") != "skipped")
-            self._record(ctx, model, None, stream, err.status_code, None, err.code, tried)
+            self._record(ctx, model, stream, err.status_code, error_code=err.code, attempts=tried)
+            await self.admission.settle(ticket, None, None, 0.0)
+            raise
+        except BaseException:  # cancelled before an answer: record first, then give the reservation back
+            self._record(ctx, model, stream, 499, error_code="client_disconnected")
+            await _shielded(self.admission.settle(ticket, None, None, 0.0))
             raise
         target = outcome.target
         if isinstance(outcome.result, Completion):
-            res = outcome.result
-            self._record(ctx, model, outcome, stream, 200, res.usage, None, len(outcome.attempts))
-            return ChatReply(target.provider, target.model, body=res.body)
-        return ChatReply(
-            target.provider, target.model, stream=self._relay(outcome.result, outcome, model, ctx)
-        )
+            usage = outcome.result.usage
+            cost = self.admission.cost(target, usage)
+            self._record(ctx, model, stream, 200, outcome=outcome, usage=usage, cost=cost)
+            await self.admission.settle(ticket, target, usage, cost)
+            return ChatReply(target.provider, target.model, body=outcome.result.body, headers=ticket.headers)
+        relay = self._relay(outcome.result, outcome, model, ctx, ticket)
+        return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers)
 
     async def _relay(
-        self, upstream: ChatStream, outcome: Outcome, model: str, ctx: RequestContext
+        self, upstream: ChatStream, outcome: Outcome, model: str, ctx: RequestContext, ticket: Ticket
     ) -> AsyncIterator[bytes]:
         """Pass events through; a mid-stream break becomes an SSE error event, never a silent truncation."""
         status, code = 200, None
@@ -77,39 +108,42 @@ class ChatService:
             status, code = 499, "client_disconnected"  # the client went away: cancel upstream work
             raise
         finally:
-            await upstream.aclose()
+            # Synchronous bookkeeping first: after a disconnect every await here may be cancelled again.
             outcome.release()
-            self._record(ctx, model, outcome, True, status, upstream.usage, code, len(outcome.attempts))
+            usage = upstream.usage
+            cost = self.admission.cost(outcome.target, usage)
+            self._record(ctx, model, True, status, outcome=outcome, usage=usage, error_code=code, cost=cost)
+            await _shielded(upstream.aclose(), self.admission.settle(ticket, outcome.target, usage, cost))
 
     def _record(
         self,
         ctx: RequestContext,
         model: str,
-        outcome: Outcome | None,
         stream: bool,
         status: int,
-        usage: Usage | None,
-        error_code: str | None,
-        attempts: int,
+        *,
+        outcome: Outcome | None = None,
+        usage: Usage | None = None,
+        error_code: str | None = None,
+        attempts: int | None = None,
+        cost: float = 0.0,
     ) -> None:
         target = outcome.target if outcome else None
-        served = None
-        if outcome is not None:
-            served = getattr(outcome.result, "served_model", None) or (target.model if target else None)
         self.record(
             UsageRecord(
                 ts=time.time(),
                 request_id=ctx.request_id,
-                principal=ctx.principal,
+                principal=ctx.principal.id,
                 requested_model=model,
                 provider=target.provider if target else None,
-                served_model=served,
+                served_model=outcome.result.served_model if outcome else None,
                 status=status,
                 latency_ms=(time.monotonic() - ctx.started) * 1000,
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
                 stream=stream,
-                attempts=attempts,
+                attempts=len(outcome.attempts) if outcome and attempts is None else (attempts or 0),
                 error_code=error_code,
+                cost_usd=cost,
             )
         )

@@ -10,10 +10,13 @@ from typing import Any
 
 from portway.config import GatewayConfig
 from portway.gateway.attempts import AttemptRunner
+from portway.gateway.cost import Pricing
 from portway.gateway.keypool import KeyPool
+from portway.gateway.limits import Counters, MemoryCounters, RedisCounters
 from portway.gateway.router import Router
 from portway.providers.base import Provider, ProviderSettings
 from portway.providers.registry import create_provider
+from portway.services.admission import Admission
 from portway.services.auth import Authenticator, ensure_master_key
 from portway.services.chat import ChatService
 from portway.services.usage_writer import UsageWriter
@@ -56,7 +59,12 @@ class Gateway:
         self.runner = AttemptRunner(self.providers, self.pools, rc)
         self.db = Database(settings.resolved_database_url())
         self.usage = UsageWriter(self.db)
-        self.chat = ChatService(self.router, self.runner, self._record)
+        self.counters: Counters = (
+            RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
+        )
+        self.pricing = Pricing({k: (p.input, p.output) for k, p in cfg.pricing.items()})
+        self.admission = Admission(self.counters, self.pricing, cfg.limits)
+        self.chat = ChatService(self.router, self.runner, self.admission, self._record)
         self.auth = Authenticator(
             ensure_master_key(
                 settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None
@@ -83,7 +91,7 @@ class Gateway:
                 await task
         # Each step runs even if an earlier one fails: usage records are drained first, the DB closed last.
         steps = [self.usage.aclose, *(p.aclose for p in self.providers.values())]
-        for step in [*steps, self.transport.aclose, self.db.aclose]:
+        for step in [*steps, self.transport.aclose, self.counters.aclose, self.db.aclose]:
             try:
                 await step()
             except Exception:

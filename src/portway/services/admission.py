@@ -1,0 +1,102 @@
+"""Admission: may this caller use this model, and do its limits (per IP, key, user) have room?
+
+Tokens and cost are reserved from an estimate before the upstream call (prompt ≈ body bytes / 4, answer =
+max_tokens or the configured default, priced at the dearest target of the plan) and settled with the real
+usage after it, so concurrent requests cannot overshoot a budget by more than what is in flight.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from portway.config import LimitsConfig, LimitSpecConfig
+from portway.errors import ModelNotAllowed
+from portway.gateway.cost import Pricing
+from portway.gateway.limits import Counters, Limit, Reservation, raise_for
+from portway.gateway.router import Target
+from portway.providers.base import Usage
+from portway.services.auth import LimitSpec, Principal
+from portway.services.limit_policy import limits_for
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What admission took for one request, to be settled (or released) exactly once."""
+
+    reservation: Reservation | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _spec(cfg: LimitSpecConfig) -> LimitSpec | None:
+    spec = LimitSpec(cfg.rpm, cfg.tpm, cfg.daily_requests, cfg.budget_usd, cfg.budget_period)
+    return None if spec == LimitSpec(budget_period=spec.budget_period) else spec
+
+
+class Admission:
+    def __init__(self, counters: Counters, pricing: Pricing, cfg: LimitsConfig) -> None:
+        self.counters = counters
+        self.pricing = pricing
+        self.default_completion = cfg.default_completion_tokens
+        self.per_ip = _spec(cfg.per_ip)
+        self.per_user = _spec(cfg.per_user)
+
+    def check_models(self, principal: Principal, names: Sequence[str]) -> None:
+        allowed = principal.allowed_models
+        if allowed is None:
+            return
+        for name in names:
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
+                raise ModelNotAllowed(f"This key may not use the model {name!r}", param="model")
+
+    def limits(self, principal: Principal, client_ip: str | None) -> list[Limit]:
+        """Every limit that applies to this caller; the master key has none."""
+        if principal.is_admin and principal.key_id is None and principal.user_id is None:
+            return []
+        found: list[Limit] = []
+        if client_ip and self.per_ip:
+            found += limits_for(f"ip:{client_ip}", self.per_ip)
+        if principal.key_id and principal.key_limits:
+            found += limits_for(f"key:{principal.key_id}", principal.key_limits)
+        user_limits = principal.user_limits or self.per_user
+        if principal.user_id and user_limits:
+            found += limits_for(f"user:{principal.user_id}", user_limits)
+        return found
+
+    def estimate_tokens(self, payload: dict[str, Any], body_bytes: int) -> tuple[int, int]:
+        answer = payload.get("max_completion_tokens") or payload.get("max_tokens") or self.default_completion
+        return body_bytes // 4 + 1, int(answer) * int(payload.get("n") or 1)
+
+    async def admit(
+        self,
+        principal: Principal,
+        client_ip: str | None,
+        payload: dict[str, Any],
+        body_bytes: int,
+        plan: list[Target],
+    ) -> Ticket:
+        limits = self.limits(principal, client_ip)
+        if not limits:
+            return Ticket()
+        prompt, answer = self.estimate_tokens(payload, body_bytes)
+        cost = self.pricing.estimate((t.id for t in plan), prompt, answer)
+        decision = await self.counters.admit(limits, tokens=prompt + answer, cost=cost)
+        raise_for(decision)
+        return Ticket(decision.reservation, decision.headers)
+
+    def cost(self, target: Target | None, usage: Usage | None) -> float:
+        if target is None or usage is None:
+            return 0.0
+        return self.pricing.cost(target.id, usage.prompt_tokens, usage.completion_tokens)
+
+    async def settle(self, ticket: Ticket, target: Target | None, usage: Usage | None, cost: float) -> None:
+        """Swap the estimate for real usage, or give it back when no upstream answered (target None)."""
+        reservation, ticket.reservation = ticket.reservation, None
+        if reservation is None:
+            return
+        if target is None:
+            await self.counters.release(reservation)
+        else:
+            await self.counters.settle(reservation, tokens=usage.total_tokens if usage else 0, cost=cost)
