@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from portway import __version__
-from portway.api import openai, ops
+from portway.api import admin, auth, openai, ops
 from portway.api.middleware import AdmissionControl
 from portway.config import GatewayConfig, load_config
 from portway.errors import MethodNotAllowed, NotFound, PortwayError, ValidationError
@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
     app.state.gateway = gw
     app.include_router(openai.router)
     app.include_router(ops.router)
+    app.include_router(auth.router)
+    app.include_router(admin.router)
     app.add_exception_handler(PortwayError, _portway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
         app.add_middleware(
             CORSMiddleware,
             allow_origins=cfg.server.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "PATCH", "OPTIONS"],
             allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
             expose_headers=["x-portway-provider", "x-portway-model", "x-request-id"],
         )

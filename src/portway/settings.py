@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,13 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite+aiosqlite:///<data_dir>/portway.db
     redis_url: str | None = None
     log_level: str = "info"
+    secret_key: SecretStr | None = (
+        None  # hashes virtual keys, seals rotating keys; else <data_dir>/secret.key
+    )
+    jwt_secret: SecretStr | None = None  # signs user tokens (HS256); else <data_dir>/jwt.key
+    jwt_expire_seconds: int = Field(default=86_400, gt=0)
+    login_mode: Literal["password", "email_only"] = "password"  # email_only: trusted networks only
+    admin_emails: str = ""  # comma-separated; these users are admins
 
     def resolved_database_url(self) -> str:
         if self.database_url:

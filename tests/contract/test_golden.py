@@ -35,7 +35,11 @@ PAYLOAD: dict[str, Any] = {
 ADAPTERS = {
     "openai": lambda: OpenAICompatProvider(
         ProviderSettings(
-            "groq", "openai", "https://api.groq.com/openai/v1", headers={"X-Title": "portway"}, stream_usage=True
+            "groq",
+            "openai",
+            "https://api.groq.com/openai/v1",
+            headers={"X-Title": "portway"},
+            stream_usage=True,
         ),
         Transport(),
     ),
@@ -54,7 +58,9 @@ def _check(name: str, actual: dict[str, Any]) -> None:
 
 
 def _wire(adapter: OpenAICompatProvider, stream: bool, payload: dict[str, Any]) -> dict[str, Any]:
-    req, injected = adapter.build_chat_request(ChatCall(payload, "llama-3.1-8b-instant", stream, "sk-upstream", 10))
+    req, injected = adapter.build_chat_request(
+        ChatCall(payload, "llama-3.1-8b-instant", stream, "sk-upstream", 10)
+    )
     return {
         "method": req.method,
         "url": req.url,
@@ -81,19 +87,34 @@ def test_chat_response_parse(name: str) -> None:
     result = ADAPTERS[name]().parse_chat_response(body, "asked-model")
     assert result.body == body  # handed to the client byte for byte
     assert result.served_model == "llama-3.1-8b-instant"
-    assert result.usage is not None and (result.usage.prompt_tokens, result.usage.completion_tokens) == (12, 5)
+    assert result.usage is not None and (result.usage.prompt_tokens, result.usage.completion_tokens) == (
+        12,
+        5,
+    )
 
 
 @pytest.mark.parametrize(
     ("status", "headers", "body", "kind", "retry_after"),
     [
-        (401, {}, b'{"error":{"message":"Incorrect API key provided: sk-upstream","code":"invalid_api_key"}}', "auth", None),
+        (
+            401,
+            {},
+            b'{"error":{"message":"Incorrect API key provided: sk-upstream","code":"invalid_api_key"}}',
+            "auth",
+            None,
+        ),
         (403, {}, b"{}", "auth", None),
         (429, {"Retry-After": "7"}, b"{}", "rate_limit", 7.0),
         (429, {}, b"{}", "rate_limit", None),
         (500, {}, b"oops", "server", None),
         (503, {}, b"{}", "server", None),
-        (400, {}, b'{"error":{"message":"bad sk-upstream param","code":"bad_param","param":"temperature"}}', "bad_request", None),
+        (
+            400,
+            {},
+            b'{"error":{"message":"bad sk-upstream param","code":"bad_param","param":"temperature"}}',
+            "bad_request",
+            None,
+        ),
         (422, {}, b'{"error":"Input validation error"}', "bad_request", None),
     ],
 )

@@ -28,7 +28,10 @@ def master_key(gw: PortwayProcess) -> str:
 def test_curl_style_request_gets_local_answer(default_gateway: PortwayProcess) -> None:
     r = httpx.post(
         default_gateway.base_url + "/chat/completions",
-        headers={"Authorization": f"Bearer {master_key(default_gateway)}", "Content-Type": "application/json"},
+        headers={
+            "Authorization": f"Bearer {master_key(default_gateway)}",
+            "Content-Type": "application/json",
+        },
         json={"model": "fast", "messages": [{"role": "user", "content": "Say hello in one short sentence."}]},
         timeout=120,
     )
@@ -41,7 +44,9 @@ def test_curl_style_request_gets_local_answer(default_gateway: PortwayProcess) -
 
 
 def test_sdk_stream_from_local_model(default_gateway: PortwayProcess) -> None:
-    client = openai.OpenAI(base_url=default_gateway.base_url, api_key=master_key(default_gateway), timeout=120)
+    client = openai.OpenAI(
+        base_url=default_gateway.base_url, api_key=master_key(default_gateway), timeout=120
+    )
     chunks = list(
         client.chat.completions.create(
             model="local/smollm2",

@@ -70,7 +70,9 @@ def test_master_key_generated_once_with_mode_0600(tmp_path: Path) -> None:
         assert key.startswith("sk-pw-") and len(key) > 40
         assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
         assert str(key_file.resolve()) in gw.log() and key not in gw.log()  # where it is, never the key
-        assert httpx.get(gw.base_url + "/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert (
+            httpx.get(gw.base_url + "/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        )
     finally:
         gw.stop()
     again = PortwayProcess(tmp_path, None, master_key=None)

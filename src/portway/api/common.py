@@ -18,9 +18,9 @@ def gateway(request: Request) -> Gateway:
     return gw
 
 
-def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request) -> Principal:
     h = request.headers
-    return gateway(request).auth.authenticate(bearer_token(h.get("authorization"), h.get("x-api-key")))
+    return await gateway(request).auth.authenticate(bearer_token(h.get("authorization"), h.get("x-api-key")))
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -21,7 +21,7 @@ _CREATED = int(time.time())
 @router.post("/v1/chat/completions", summary="Create a chat completion (OpenAI-compatible)")
 async def chat_completions(request: Request) -> Response:
     started = time.monotonic()
-    principal = authenticate(request)
+    principal = await authenticate(request)
     gw = gateway(request)
     raw = await read_body(request, gw.cfg.server.max_body_bytes)
     body = validate_chat(parse_json_object(raw))
@@ -47,14 +47,14 @@ def _model_obj(model_id: str, owned_by: str) -> dict[str, object]:
 
 @router.get("/v1/models", summary="List aliases and configured models")
 async def list_models(request: Request) -> Response:
-    authenticate(request)
+    await authenticate(request)
     data = [_model_obj(mid, owner) for mid, owner in gateway(request).router.model_ids()]
     return json_response({"object": "list", "data": data})
 
 
 @router.get("/v1/models/{model_id:path}", summary="Retrieve one model or alias")
 async def get_model(model_id: str, request: Request) -> Response:
-    authenticate(request)
+    await authenticate(request)
     for mid, owner in gateway(request).router.model_ids():
         if mid == model_id:
             return json_response(_model_obj(mid, owner))

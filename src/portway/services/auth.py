@@ -1,4 +1,4 @@
-"""Who is calling: the master key for now (virtual keys and users plug in here)."""
+"""Who is calling: the master key, a virtual key or a user's JWT (the last two via a TokenResolver)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from portway.errors import InvalidApiKey
 
 log = logging.getLogger("portway.auth")
 MASTER_KEY_FILE = "master.key"
+VIRTUAL_KEY_PREFIX = "sk-pw-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +73,28 @@ def bearer_token(authorization: str | None, x_api_key: str | None) -> str | None
     return None
 
 
-class Authenticator:
-    def __init__(self, master_key: str) -> None:
-        self._master = master_key.encode()
+class TokenResolver(Protocol):
+    """Turns a virtual key or a user's JWT into a Principal (portway.services.identity.Identity)."""
 
-    def authenticate(self, token: str | None) -> Principal:
+    async def resolve_key(self, token: str) -> Principal: ...
+
+    async def resolve_jwt(self, token: str) -> Principal: ...
+
+
+class Authenticator:
+    def __init__(self, master_key: str, resolver: TokenResolver | None = None) -> None:
+        self._master = master_key.encode()
+        self.resolver = resolver
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """Master key, virtual key (``sk-pw-…``) or user JWT (two dots), in that order."""
         if token is None:
             raise InvalidApiKey("Missing API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'")
         if hmac.compare_digest(token.encode(), self._master):
             return MASTER
+        if self.resolver is not None:
+            if token.startswith(VIRTUAL_KEY_PREFIX):
+                return await self.resolver.resolve_key(token)
+            if token.count(".") == 2:
+                return await self.resolver.resolve_jwt(token)
         raise InvalidApiKey("Incorrect API key provided")

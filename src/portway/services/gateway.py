@@ -19,6 +19,7 @@ from portway.providers.registry import create_provider
 from portway.services.admission import Admission
 from portway.services.auth import Authenticator, ensure_master_key
 from portway.services.chat import ChatService
+from portway.services.identity import Identity, IdentityConfig
 from portway.services.usage_writer import UsageWriter
 from portway.settings import Settings
 from portway.stores.records import UsageRecord
@@ -65,11 +66,11 @@ class Gateway:
         self.pricing = Pricing({k: (p.input, p.output) for k, p in cfg.pricing.items()})
         self.admission = Admission(self.counters, self.pricing, cfg.limits)
         self.chat = ChatService(self.router, self.runner, self.admission, self._record)
-        self.auth = Authenticator(
-            ensure_master_key(
-                settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None
-            )
+        master_key = ensure_master_key(
+            settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None
         )
+        self.identity = Identity(IdentityConfig.from_settings(settings), self.db.engine)
+        self.auth = Authenticator(master_key, self.identity)
         self._bg: list[asyncio.Task[Any]] = []
 
     def _record(self, record: UsageRecord) -> None:
@@ -78,6 +79,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.db.migrate()
+        await self.identity.start()  # rotation timer (overdue policies rotate now) + last-used writer
         self.usage.start()
         for provider in self.providers.values():
             warm = getattr(provider, "warm", None)
@@ -90,7 +92,7 @@ class Gateway:
             with contextlib.suppress(BaseException):
                 await task
         # Each step runs even if an earlier one fails: usage records are drained first, the DB closed last.
-        steps = [self.usage.aclose, *(p.aclose for p in self.providers.values())]
+        steps = [self.identity.aclose, self.usage.aclose, *(p.aclose for p in self.providers.values())]
         for step in [*steps, self.transport.aclose, self.counters.aclose, self.db.aclose]:
             try:
                 await step()

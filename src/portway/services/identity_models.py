@@ -1,0 +1,195 @@
+"""Validated inputs of the identity services (admin API bodies, CLI arguments). Extra fields are refused."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from portway.services.auth import LimitSpec
+
+BudgetPeriod = Literal["daily", "monthly", "total"]
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+_POLICY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_METADATA_BYTES = 8 * 1024
+MIN_PERIOD_SECONDS = 1.0
+LIMIT_FIELDS = ("rpm", "tpm", "daily_requests", "budget_usd", "budget_period")
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > 320 or not _EMAIL_RE.match(email):
+        raise ValueError("not a valid email address")
+    return email
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # A naive timestamp is read as UTC: the API speaks UTC only.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+ModelPatterns = list[str] | None
+
+
+def _check_models(value: ModelPatterns) -> ModelPatterns:
+    if value is None:
+        return None
+    if len(value) > 200 or any(not m or len(m) > 256 for m in value):
+        raise ValueError("allowed_models: up to 200 non-empty patterns of at most 256 characters")
+    return list(dict.fromkeys(value))  # de-duplicated, order kept
+
+
+def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must serialize to at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+class LimitFields(_Input):
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    daily_requests: int | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: BudgetPeriod = "total"
+
+    def limit_spec(self) -> LimitSpec:
+        return LimitSpec(self.rpm, self.tpm, self.daily_requests, self.budget_usd, self.budget_period)
+
+
+class LimitPatch(_Input):
+    """Limit changes: a field sent as null removes that limit; a field not sent keeps it."""
+
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    daily_requests: int | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: BudgetPeriod | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The limit columns to write (other fields of subclasses are the caller's business)."""
+        values = self.model_dump(include=set(LIMIT_FIELDS), exclude_unset=True)
+        if "budget_period" in values and values["budget_period"] is None:
+            values["budget_period"] = "total"  # the column is NOT NULL; "total" is the default period
+        return values
+
+
+class _Expiry(_Input):
+    expires_at: datetime | None = None
+    expires_in_seconds: float | None = Field(default=None, gt=0)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return _utc(value)
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> _Expiry:
+        if self.expires_at is not None and self.expires_in_seconds is not None:
+            raise ValueError("send expires_at or expires_in_seconds, not both")
+        return self
+
+    def expiry(self, now: float) -> float | None:
+        if self.expires_in_seconds is not None:
+            return now + self.expires_in_seconds
+        return None if self.expires_at is None else self.expires_at.timestamp()
+
+
+class KeyCreate(LimitFields, _Expiry):
+    name: str = Field(default="", max_length=256)
+    user_id: str | None = Field(default=None, max_length=32)
+    allowed_models: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+    _models = field_validator("allowed_models")(_check_models)
+    _meta = field_validator("metadata")(_check_metadata)
+
+
+def _no_nulls(model: BaseModel, names: tuple[str, ...]) -> None:
+    # In a PATCH, null means "remove"; these fields cannot be removed, only changed.
+    for name in names:
+        if name in model.model_fields_set and getattr(model, name) is None:
+            raise ValueError(f"{name} cannot be null")
+
+
+class KeyUpdate(LimitPatch, _Expiry):
+    name: str | None = Field(default=None, max_length=256)
+    allowed_models: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+    _models = field_validator("allowed_models")(_check_models)
+    _meta = field_validator("metadata")(_check_metadata)
+
+    @model_validator(mode="after")
+    def _required(self) -> KeyUpdate:
+        _no_nulls(self, ("name",))
+        return self
+
+
+class PolicyCreate(LimitFields):
+    name: str = Field(min_length=1, max_length=128)
+    period_seconds: float | None = Field(default=None, ge=MIN_PERIOD_SECONDS)
+    period_days: float | None = Field(default=None, gt=0)
+    grace_seconds: float = Field(default=0.0, ge=0)
+    allowed_models: list[str] | None = None
+
+    _models = field_validator("allowed_models")(_check_models)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _POLICY_NAME_RE.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+        return value
+
+    @model_validator(mode="after")
+    def _period(self) -> PolicyCreate:
+        if self.period_seconds is not None and self.period_days is not None:
+            raise ValueError("send period_seconds or period_days, not both")
+        if self.period_days is not None and self.period_days * 86_400 < MIN_PERIOD_SECONDS:
+            raise ValueError(f"the period must be at least {MIN_PERIOD_SECONDS:g} s")
+        return self
+
+    def period(self) -> float:
+        if self.period_seconds is not None:
+            return self.period_seconds
+        return (self.period_days if self.period_days is not None else 7.0) * 86_400
+
+
+class UserCreate(LimitFields):
+    email: str
+    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    is_admin: bool = False
+    disabled: bool = False
+
+    _email = field_validator("email")(normalize_email)
+
+
+class UserUpdate(LimitPatch):
+    email: str | None = None
+    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    is_admin: bool | None = None
+    disabled: bool | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_email(value)
+
+    @model_validator(mode="after")
+    def _required(self) -> UserUpdate:
+        _no_nulls(self, ("email", "is_admin", "disabled"))
+        return self
+
+
+class LoginRequest(_Input):
+    email: str = Field(max_length=320)
+    password: str | None = Field(default=None, max_length=1024)

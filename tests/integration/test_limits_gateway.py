@@ -1,0 +1,202 @@
+"""Limits through the whole pipeline: virtual key -> admission -> upstream -> settle -> request log.
+
+Memory backend in one process, the Redis backend shared by two processes, Redis stopped mid-test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.upstream import FakeUpstream
+from tests.integration.conftest import gateway_config
+from tests.integration.server import PortwayProcess, free_port
+
+MSGS = [{"role": "user", "content": "ping"}]
+
+
+def create_key(gw: PortwayProcess, **fields: Any) -> str:
+    r = httpx.post(gw.url + "/admin/keys", json={"name": "t", **fields}, headers=gw.headers())
+    assert r.status_code == 201, r.text
+    key: str = r.json()["key"]
+    return key
+
+
+async def burst(urls: list[str], key: str, n: int, body: dict[str, Any] | None = None) -> Counter[str]:
+    """n concurrent chat requests spread over the given gateways; counts status/code."""
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def one(i: int) -> str:
+            r = await client.post(
+                urls[i % len(urls)] + "/v1/chat/completions",
+                json=body or {"model": "direct", "messages": MSGS},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            return "ok" if r.status_code == 200 else f"{r.status_code}:{r.json()['error']['code']}"
+
+        return Counter(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+@pytest.fixture
+def gw(upstream: FakeUpstream, tmp_path: Path) -> Iterator[PortwayProcess]:
+    cfg = gateway_config(upstream)
+    cfg["pricing"] = {"up/*": {"input": 1000.0, "output": 1000.0}}  # $0.001 per token: budgets bite fast
+    proc = PortwayProcess(tmp_path, cfg)
+    yield proc
+    proc.stop()
+
+
+def test_200_concurrent_against_50_exactly_50_pass_memory(gw: PortwayProcess) -> None:
+    key = create_key(gw, rpm=50)
+    got = asyncio.run(burst([gw.url], key, 200))
+    assert got == Counter({"ok": 50, "429:rate_limit_exceeded": 150})
+
+
+def test_daily_quota_and_headers(gw: PortwayProcess) -> None:
+    key = create_key(gw, daily_requests=2, rpm=10)
+    h = {"Authorization": f"Bearer {key}"}
+    body = {"model": "direct", "messages": MSGS}
+    first = httpx.post(gw.base_url + "/chat/completions", json=body, headers=h)
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "10"
+    assert first.headers["x-ratelimit-remaining-requests"] == "9"
+    assert first.headers["x-ratelimit-reset-requests"]
+    assert httpx.post(gw.base_url + "/chat/completions", json=body, headers=h).status_code == 200
+    third = httpx.post(gw.base_url + "/chat/completions", json=body, headers=h)
+    assert third.status_code == 429 and third.json()["error"]["code"] == "quota_exceeded"
+    assert int(third.headers["retry-after"]) > 0
+
+
+def test_budget_not_overshot_by_concurrent_requests(gw: PortwayProcess) -> None:
+    key = create_key(gw, budget_usd=0.05, budget_period="total")
+    body = {"model": "direct", "messages": MSGS, "max_tokens": 5}
+    got = asyncio.run(burst([gw.url], key, 40, body))
+    assert got["ok"] >= 1 and got["429:budget_exceeded"] >= 1
+    assert set(got) <= {"ok", "429:budget_exceeded"}
+    gw.stop()
+    con = sqlite3.connect(gw.data_dir / "portway.db")
+    spent = con.execute("SELECT SUM(cost_usd), COUNT(*) FROM request_log WHERE status = 200").fetchone()
+    con.close()
+    assert spent[1] == got["ok"]
+    assert 0 < spent[0] <= 0.05 + 1e-9  # estimates are reserved up front: real spend never passes the budget
+
+
+def test_model_outside_allowed_list_is_403(gw: PortwayProcess) -> None:
+    key = create_key(gw, allowed_models=["direct", "up2/*"])
+    h = {"Authorization": f"Bearer {key}"}
+    ok = httpx.post(gw.base_url + "/chat/completions", json={"model": "up2/x", "messages": MSGS}, headers=h)
+    assert ok.status_code == 200
+    r = httpx.post(gw.base_url + "/chat/completions", json={"model": "chain", "messages": MSGS}, headers=h)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
+    r = httpx.post(
+        gw.base_url + "/chat/completions",
+        json={"model": "direct", "models": ["chain"], "messages": MSGS},
+        headers=h,
+    )
+    assert r.status_code == 403  # fallbacks are checked too
+
+
+def test_full_pipeline_stream_is_byte_identical(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    key = create_key(gw, rpm=100, tpm=100_000, daily_requests=100, budget_usd=10)
+    body = {"model": "direct", "messages": MSGS, "stream": True}
+    via = httpx.post(gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert via.status_code == 200 and via.headers["x-ratelimit-remaining-requests"] == "99"
+    body["model"] = "fake-model"
+    straight = httpx.post(upstream.base_url + "/chat/completions", json=body, headers={"x-api-key": "k"})
+    assert via.content == straight.content
+    gw.stop()
+    con = sqlite3.connect(gw.data_dir / "portway.db")
+    row = con.execute("SELECT principal, stream, total_tokens, cost_usd FROM request_log").fetchone()
+    con.close()
+    assert row[0].startswith("key:") and row[1] == 1 and row[2] > 0 and row[3] > 0
+
+
+class RedisServer:
+    """A throwaway redis-server of our own, so stopping it never disturbs anyone else's."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is needed for this test"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        until = time.monotonic() + 10
+        while time.monotonic() < until:
+            r = subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, check=False)
+            if r.stdout.strip() == b"PONG":
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.redis
+def test_two_processes_share_redis_exactly_50_of_200(upstream: FakeUpstream, tmp_path: Path) -> None:
+    redis = RedisServer().start()
+    env = {"PORTWAY_REDIS_URL": redis.url, "PORTWAY_SECRET_KEY": "shared-secret-for-both-replicas"}
+    db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    env["PORTWAY_DATABASE_URL"] = db
+    a = PortwayProcess(tmp_path / "a", gateway_config(upstream), env=env)
+    b = PortwayProcess(tmp_path / "b", gateway_config(upstream), env=env)
+    try:
+        key = create_key(a, rpm=50)
+        got = asyncio.run(burst([a.url, b.url], key, 200))
+        assert got == Counter({"ok": 50, "429:rate_limit_exceeded": 150})
+    finally:
+        a.stop()
+        b.stop()
+        redis.stop()
+
+
+@pytest.mark.redis
+def test_redis_stopped_mid_test_rate_limits_fail_open_budgets_fail_closed(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    redis = RedisServer().start()
+    gw = PortwayProcess(tmp_path, gateway_config(upstream), env={"PORTWAY_REDIS_URL": redis.url})
+    try:
+        rate_key = create_key(gw, rpm=1000)
+        budget_key = create_key(gw, budget_usd=100)
+        body = {"model": "direct", "messages": MSGS}
+        for key in (rate_key, budget_key):
+            r = httpx.post(
+                gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert r.status_code == 200
+        redis.stop()
+        for _ in range(5):
+            started = time.monotonic()
+            r = httpx.post(
+                gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {rate_key}"}
+            )
+            assert r.status_code == 200  # fail-open: an outage of the counter store must not take us down
+            assert time.monotonic() - started < 2  # never hangs on Redis
+        r = httpx.post(
+            gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {budget_key}"}
+        )
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"  # fail-closed
+        assert "retry-after" in r.headers
+    finally:
+        gw.stop()
+        redis.stop()
