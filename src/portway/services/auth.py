@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from portway.errors import InvalidApiKey
+from portway.services.identity_crypto import load_or_create_secret
 
 log = logging.getLogger("portway.auth")
 MASTER_KEY_FILE = "master.key"
@@ -44,23 +44,8 @@ MASTER = Principal("master", is_admin=True)
 
 def ensure_master_key(data_dir: Path, from_env: str | None) -> str:
     """PORTWAY_MASTER_KEY if set; else <data_dir>/master.key, generated (mode 0600) on first start."""
-    if from_env:
-        return from_env
-    path = data_dir / MASTER_KEY_FILE
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        pass
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = "sk-pw-master-" + secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another worker won the race: use its key
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(key + "\n")
-    log.warning("generated a master key and stored it in %s (mode 0600)", path.resolve())
-    return key
+    make = lambda: "sk-pw-master-" + secrets.token_urlsafe(32)  # noqa: E731
+    return load_or_create_secret(data_dir, MASTER_KEY_FILE, from_env, make).decode()
 
 
 def bearer_token(authorization: str | None, x_api_key: str | None) -> str | None:

@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("portway.identity")
@@ -100,7 +101,12 @@ class Sealer:
         return _xor_stream(self._enc, nonce, ct).decode()
 
 
-def load_or_create_secret(data_dir: Path, filename: str, from_env: str | None) -> bytes:
+def load_or_create_secret(
+    data_dir: Path,
+    filename: str,
+    from_env: str | None,
+    make: Callable[[], str] = lambda: secrets.token_urlsafe(32),
+) -> bytes:
     """``from_env`` if set; else ``<data_dir>/<filename>``, created once with mode 0600.
 
     O_EXCL makes concurrent first starts (several workers) agree on one secret: the loser reads the
@@ -115,7 +121,7 @@ def load_or_create_secret(data_dir: Path, filename: str, from_env: str | None) -
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return _read_secret(path)
-    value = secrets.token_urlsafe(32)
+    value = make()
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(value + "\n")
     log.warning("generated %s (mode 0600); back it up with the database", path.resolve())

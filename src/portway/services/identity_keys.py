@@ -10,7 +10,7 @@ from typing import Any
 from portway.errors import NotFound, ValidationError
 from portway.services.auth import LimitSpec
 from portway.services.identity_crypto import KeyHasher, display_prefix, new_api_key, new_id
-from portway.services.identity_models import KeyCreate, KeyUpdate
+from portway.services.identity_models import KeyCreate, KeyUpdate, limit_values
 from portway.services.limit_policy import iso
 from portway.stores.sql.identity import IdentityStore, KeyRow
 
@@ -89,11 +89,7 @@ class KeyService:
             policy_id=None,
             expires_at=body.expiry(time.time()),
             allowed_models=body.allowed_models,
-            rpm=body.rpm,
-            tpm=body.tpm,
-            daily_requests=body.daily_requests,
-            budget_usd=body.budget_usd,
-            budget_period=body.budget_period,
+            **limit_values(body),
             meta=body.metadata or {},
         )
         await self.store.insert_key(row)

@@ -19,6 +19,11 @@ MIN_PERIOD_SECONDS = 1.0
 LIMIT_FIELDS = ("rpm", "tpm", "daily_requests", "budget_usd", "budget_period")
 
 
+def limit_values(obj: Any) -> dict[str, Any]:
+    """The five limit fields of an input model or a stored row, to copy from one to the other."""
+    return {name: getattr(obj, name) for name in LIMIT_FIELDS}
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 

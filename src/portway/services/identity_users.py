@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from portway.errors import InvalidApiKey, NotFound, ValidationError
 from portway.services.auth import LimitSpec
 from portway.services.identity_crypto import new_id
-from portway.services.identity_models import UserCreate, UserUpdate, normalize_email
+from portway.services.identity_models import UserCreate, UserUpdate, limit_values, normalize_email
 from portway.services.limit_policy import iso
 from portway.stores.sql.identity import DuplicateError, IdentityStore, UserRow
 
@@ -100,11 +100,7 @@ class UserService:
             password_hash=hashed,
             is_admin=body.is_admin,
             disabled=body.disabled,
-            rpm=body.rpm,
-            tpm=body.tpm,
-            daily_requests=body.daily_requests,
-            budget_usd=body.budget_usd,
-            budget_period=body.budget_period,
+            **limit_values(body),
             created_at=now,
             updated_at=now,
         )

@@ -24,7 +24,7 @@ from typing import Any
 from portway.errors import NotFound, ValidationError
 from portway.services.identity_crypto import KeyHasher, Sealer, new_api_key, new_id
 from portway.services.identity_keys import new_key_row
-from portway.services.identity_models import PolicyCreate
+from portway.services.identity_models import PolicyCreate, limit_values
 from portway.services.limit_policy import iso
 from portway.stores.sql.identity import DuplicateError, IdentityStore, KeyRow, PolicyRow
 
@@ -102,11 +102,7 @@ class Rotator:
             policy_id=policy.id,
             expires_at=None,  # set when the key is rotated out
             allowed_models=policy.allowed_models,
-            rpm=policy.rpm,
-            tpm=policy.tpm,
-            daily_requests=policy.daily_requests,
-            budget_usd=policy.budget_usd,
-            budget_period=policy.budget_period,
+            **limit_values(policy),
             meta={"policy": policy.name},
         )
 
@@ -124,11 +120,7 @@ class Rotator:
             next_rotation_at=next_rotation_at(now, period),
             sealed_key=None,
             allowed_models=body.allowed_models,
-            rpm=body.rpm,
-            tpm=body.tpm,
-            daily_requests=body.daily_requests,
-            budget_usd=body.budget_usd,
-            budget_period=body.budget_period,
+            **limit_values(body),
             created_at=now,
         )
         plaintext = new_api_key()
