@@ -200,3 +200,28 @@ def test_redis_stopped_mid_test_rate_limits_fail_open_budgets_fail_closed(
     finally:
         gw.stop()
         redis.stop()
+
+
+def test_per_ip_limit_from_config_applies_to_every_key(upstream: FakeUpstream, tmp_path: Path) -> None:
+    cfg = gateway_config(upstream)
+    cfg["limits"] = {"per_ip": {"rpm": 3}}
+    gw = PortwayProcess(tmp_path, cfg)
+    try:
+        keys = [create_key(gw), create_key(gw)]  # two keys, one client address
+        codes = [
+            httpx.post(
+                gw.base_url + "/chat/completions",
+                json={"model": "direct", "messages": MSGS},
+                headers={"Authorization": f"Bearer {keys[i % 2]}"},
+            ).status_code
+            for i in range(5)
+        ]
+        assert codes == [200, 200, 200, 429, 429]
+        master = httpx.post(
+            gw.base_url + "/chat/completions",
+            json={"model": "direct", "messages": MSGS},
+            headers=gw.headers(),
+        )
+        assert master.status_code == 200  # the master key is never limited
+    finally:
+        gw.stop()
