@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from portway import __version__
 from portway.api import admin, auth, openai, ops
+from portway.api.chat_asgi import OPENAPI_PATH, ChatCompletionsApp
 from portway.api.middleware import AdmissionControl
 from portway.config import GatewayConfig, load_config
 from portway.errors import MethodNotAllowed, NotFound, PortwayError, ValidationError
@@ -57,6 +59,18 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
     return _render(PortwayError("Internal server error"))
 
 
+def _document(app: FastAPI, path: str, item: dict[str, Any]) -> None:
+    """Add a pure-ASGI route's description to the generated OpenAPI document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schema["paths"].setdefault(path, item)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = None) -> FastAPI:
     settings = settings or Settings()
     cfg = cfg or load_config(settings.config)
@@ -85,7 +99,9 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(AdmissionControl, max_in_flight=cfg.server.max_in_flight)
+    fast = {"/v1/chat/completions": ChatCompletionsApp(gw)}
+    app.add_middleware(AdmissionControl, max_in_flight=cfg.server.max_in_flight, fast=fast)
+    _document(app, "/v1/chat/completions", OPENAPI_PATH)
     if cfg.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from portway.errors import Overloaded
 
 
 class AdmissionControl:
-    """Bound the requests in flight per worker; past the bound answer 503 at once instead of queueing."""
+    """Bound the requests in flight per worker; past the bound answer 503 at once instead of queueing.
 
-    def __init__(self, app: ASGIApp, max_in_flight: int, prefix: str = "/v1/") -> None:
+    Also the door to the hot path: `fast` maps a path to a pure ASGI app that is called directly,
+    skipping the framework's routing and exception layers (CORS, added outside this, still applies).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_in_flight: int,
+        prefix: str = "/v1/",
+        fast: Mapping[str, ASGIApp] | None = None,
+    ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.prefix = prefix
+        self.fast = dict(fast or {})
         self.in_flight = 0
         self._body = Overloaded("Server is at capacity; retry shortly").body()
 
@@ -33,6 +46,6 @@ class AdmissionControl:
             return
         self.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await self.fast.get(scope["path"], self.app)(scope, receive, send)
         finally:
             self.in_flight -= 1

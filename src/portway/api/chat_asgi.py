@@ -1,0 +1,184 @@
+"""POST /v1/chat/completions as a pure ASGI app: the hot path.
+
+Every gateway request passes here, so it skips what a framework route costs per request (routing, dependency
+solving, exception middleware, Request/Response objects) and speaks ASGI directly. The route is still
+listed in the OpenAPI document (see api/openai.py) and behaves exactly as the rest of the API: errors are
+PortwayErrors rendered as OpenAI error JSON, unexpected ones are logged and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+from portway.api.validation import parse_json_object, validate_chat
+from portway.errors import MethodNotAllowed, PayloadTooLarge, PortwayError, ValidationError
+from portway.services.auth import bearer_token
+from portway.services.chat import ChatReply, RequestContext
+from portway.services.gateway import Gateway
+
+log = logging.getLogger("portway.api")
+
+_JSON = (b"content-type", b"application/json")
+_SSE = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_END = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def _header_map(scope: Scope) -> dict[bytes, bytes]:
+    return dict(scope["headers"])
+
+
+async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    """The body, refusing early (413) when it is larger than `limit`, declared or not."""
+    if declared is not None:
+        if not declared.isdigit():
+            raise ValidationError("Invalid Content-Length header")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError  # nobody is left to answer
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_error(send: Send, err: PortwayError) -> None:
+    headers = [_JSON, *((k.lower().encode(), v.encode()) for k, v in err.headers.items())]
+    await send({"type": "http.response.start", "status": err.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": err.body()})
+
+
+class ChatCompletionsApp:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.limit = gateway.cfg.server.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await send_error(
+                send, MethodNotAllowed("Method not allowed for this path", headers={"Allow": "POST"})
+            )
+            return
+        try:
+            reply, headers = await self._handle(scope, receive)
+        except PortwayError as err:
+            await send_error(send, err)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error in chat completions")
+            await send_error(send, PortwayError("Internal server error"))
+            return
+        if reply.stream is None:
+            await send({"type": "http.response.start", "status": 200, "headers": [_JSON, *headers]})
+            await send({"type": "http.response.body", "body": reply.body or b""})
+        else:
+            await _stream(reply.stream, receive, send, [*_SSE, *headers])
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[ChatReply, list[tuple[bytes, bytes]]]:
+        started = time.monotonic()
+        h = _header_map(scope)
+        auth, api_key = h.get(b"authorization"), h.get(b"x-api-key")
+        principal = await self.gw.auth.authenticate(
+            bearer_token(
+                auth.decode("latin-1") if auth else None, api_key.decode("latin-1") if api_key else None
+            )
+        )
+        raw = await _read_body(receive, h.get(b"content-length"), self.limit)
+        body = validate_chat(parse_json_object(raw))
+        rid = h.get(b"x-request-id")
+        request_id = rid.decode("latin-1")[:64] if rid else os.urandom(8).hex()
+        client = scope.get("client")
+        ctx = RequestContext(request_id, principal, started, client[0] if client else None, len(raw))
+        reply = await self.gw.chat.chat(body, ctx)
+        headers = [
+            (b"x-portway-provider", reply.provider.encode()),
+            (b"x-portway-model", reply.model.encode()),
+            (b"x-request-id", request_id.encode()),
+        ]
+        headers += [(k.encode(), v.encode()) for k, v in (reply.headers or {}).items()]
+        return reply, headers
+
+
+async def _stream(events: AsyncIterator[bytes], receive: Receive, send: Send, headers: list[Any]) -> None:
+    """Send events as they come; a client disconnect cancels the pump (and with it the upstream call)."""
+    pump = asyncio.current_task()
+    assert pump is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        message: Message = {"type": ""}
+        while message["type"] != "http.disconnect":
+            message = await receive()
+        gone = True
+        pump.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async for event in events:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send(_END)
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        pump.uncancel()  # our own cancellation: the client left, which is not an error of ours
+    finally:
+        watcher.cancel()
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+# The route's entry in the OpenAPI document (it is not a framework route, so it is described by hand).
+OPENAPI_PATH: dict[str, Any] = {
+    "post": {
+        "tags": ["openai"],
+        "summary": "Create a chat completion (OpenAI-compatible)",
+        "description": "OpenAI's chat completions API. `model` is an alias or `provider/model`; an optional "
+        "`models` list adds fallbacks. Every other OpenAI parameter is passed through. With `stream: true` "
+        "the answer is server-sent events ending in `data: [DONE]`. The headers `x-portway-provider` and "
+        "`x-portway-model` name the target that served.",
+        "operationId": "create_chat_completion",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["model", "messages"],
+                        "properties": {
+                            "model": {"type": "string"},
+                            "models": {"type": "array", "items": {"type": "string"}},
+                            "messages": {"type": "array", "items": {"type": "object"}},
+                            "stream": {"type": "boolean"},
+                        },
+                        "additionalProperties": True,
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {"description": "A chat.completion object, or an SSE stream of chat.completion.chunk"},
+            "default": {"description": 'Error: {"error": {"message", "type", "code", "param"}}'},
+        },
+    }
+}
