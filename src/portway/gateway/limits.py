@@ -34,6 +34,7 @@ Design
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -194,6 +195,13 @@ def _next_month(day: datetime) -> datetime:
     return datetime(day.year, day.month + 1, 1, tzinfo=UTC)
 
 
+@functools.lru_cache(maxsize=4)
+def _calendar(day_number: int) -> tuple[str, str, float, float]:
+    """(YYYYMMDD, YYYYMM, next midnight, next month start) of a UTC day, computed once a day."""
+    day = datetime.fromtimestamp(day_number * _DAY, UTC)
+    return f"{day:%Y%m%d}", f"{day:%Y%m}", _next_midnight(day).timestamp(), _next_month(day).timestamp()
+
+
 def _cap(limit: Limit) -> int:
     if limit.kind is LimitKind.BUDGET:
         return to_micro(limit.limit)
@@ -208,19 +216,17 @@ def plan(limit: Limit, *, tokens: int, cost: float, now: float) -> Slot:
         amount = 1 if kind is LimitKind.RPM else max(0, int(tokens))
         reset = float(start + WINDOW_SECONDS)
         return Slot(f"{kind.value}:{start}:{scope}", kind, amount, cap, _MINUTE_TTL, reset)
-    day = datetime.fromtimestamp(now, UTC)
-    midnight = _next_midnight(day).timestamp()
+    ymd, ym, midnight, month_end = _calendar(int(now // _DAY))
     if kind is LimitKind.DAILY_REQUESTS:
         ttl = math.ceil(midnight - now) + 3600
-        return Slot(f"day:{day:%Y%m%d}:{scope}", kind, 1, cap, ttl, midnight)
+        return Slot(f"day:{ymd}:{scope}", kind, 1, cap, ttl, midnight)
     amount = to_micro(cost)
     if limit.period == "daily":
         ttl = math.ceil(midnight - now) + _DAY
-        return Slot(f"usd:d{day:%Y%m%d}:{scope}", kind, amount, cap, ttl, midnight)
+        return Slot(f"usd:d{ymd}:{scope}", kind, amount, cap, ttl, midnight)
     if limit.period == "monthly":
-        month_end = _next_month(day).timestamp()
         ttl = math.ceil(month_end - now) + _DAY
-        return Slot(f"usd:m{day:%Y%m}:{scope}", kind, amount, cap, ttl, month_end)
+        return Slot(f"usd:m{ym}:{scope}", kind, amount, cap, ttl, month_end)
     return Slot(f"usd:total:{scope}", kind, amount, cap, _TOTAL_TTL, None)
 
 
