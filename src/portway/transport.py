@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from portway import __version__
+
 
 @dataclass(slots=True)
 class WireRequest:
@@ -24,6 +26,7 @@ class Transport:
         self._connect_timeout = connect_timeout
         self._pool_limit = pool_limit
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -33,7 +36,9 @@ class Transport:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
             auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
+            # A User-Agent of our own rather than skip_auto_headers: skipping takes aiohttp off its
+            # fast path (a new header multidict built and sorted on every request).
+            headers={"User-Agent": f"portway/{__version__}"},
             raise_for_status=False,
         )
 
@@ -41,9 +46,12 @@ class Transport:
         """Send and return once the response headers are in; the caller reads (or releases) the body."""
         if self._session is None:
             self._session = self._open()
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._connect_timeout, sock_read=read_timeout
-        )
+        timeout = self._timeouts.get(read_timeout)
+        if timeout is None:  # a handful of distinct values (per-config idle timeouts): build each once
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self._connect_timeout, sock_read=read_timeout
+            )
+            self._timeouts[read_timeout] = timeout
         return await self._session.request(
             req.method, req.url, data=req.body, headers=req.headers, timeout=timeout, allow_redirects=False
         )
