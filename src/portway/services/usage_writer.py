@@ -26,7 +26,9 @@ class UsageWriter:
         self.interval = interval
         self.dropped = 0
         self.written = 0
-        self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue(max_queue)
+        # Unbounded queue, bound enforced in submit(): the stop sentinel (None) must always fit.
+        self._queue: asyncio.Queue[UsageRecord | None] = asyncio.Queue()
+        self.max_queue = max_queue
         self._task: asyncio.Task[None] | None = None
         self._pending: list[UsageRecord] = []
 
@@ -35,9 +37,9 @@ class UsageWriter:
             self._task = asyncio.create_task(self._run(), name="portway-usage-writer")
 
     def submit(self, record: UsageRecord) -> None:
-        try:
+        if self._queue.qsize() < self.max_queue:
             self._queue.put_nowait(record)
-        except asyncio.QueueFull:
+        else:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.error("usage queue full: %d records dropped so far (is the database down?)", self.dropped)
@@ -45,28 +47,35 @@ class UsageWriter:
     async def _run(self) -> None:
         while True:
             if not self._pending:
-                self._pending.append(await self._queue.get())
-            await self._collect()
+                first = await self._queue.get()
+                if first is None:
+                    return
+                self._pending.append(first)
+            stopping = await self._collect()
             await self._flush()
+            if stopping:
+                return
 
-    async def _collect(self) -> None:
-        """Take what is queued now, waiting up to `interval` for a batch to fill."""
+    async def _collect(self) -> bool:
+        """Take what is queued now, waiting up to `interval` for a batch to fill; True once told to stop."""
         loop = asyncio.get_running_loop()
         until = loop.time() + self.interval
         while len(self._pending) < self.batch_size:
             try:
-                self._pending.append(self._queue.get_nowait())
-                continue
+                item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                pass
-            remaining = until - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                async with asyncio.timeout(remaining):
-                    self._pending.append(await self._queue.get())
-            except TimeoutError:
-                return
+                remaining = until - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    async with asyncio.timeout(remaining):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    return False
+            if item is None:
+                return True
+            self._pending.append(item)
+        return False
 
     async def _flush(self) -> bool:
         if not self._pending:
@@ -83,16 +92,27 @@ class UsageWriter:
         return True
 
     async def aclose(self, timeout: float = 10.0) -> None:
-        """Stop the task and write everything still queued (bounded by `timeout`)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while not self._queue.empty():
-            self._pending.append(self._queue.get_nowait())
+        """Let the task finish its flush, then write everything still queued (bounded by `timeout`).
+
+        The task is told to stop with a sentinel, never cancelled mid-write: a cancel that lands after the
+        database committed but before the batch is dropped from `_pending` would write it twice.
+        """
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                self._pending.append(item)
         while self._pending and loop.time() < until:
             await self._flush()
         if self._pending:
