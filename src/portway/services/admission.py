@@ -8,6 +8,7 @@ usage after it, so concurrent requests cannot overshoot a budget by more than wh
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,12 @@ class Ticket:
 
     reservation: Reservation | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _limits(scope: str, spec: LimitSpec) -> tuple[Limit, ...]:
+    """Limits for a scope, built (and validated) once per (scope, spec) rather than on every request."""
+    return tuple(limits_for(scope, spec))
 
 
 def _spec(cfg: LimitSpecConfig) -> LimitSpec | None:
@@ -57,12 +64,12 @@ class Admission:
             return []
         found: list[Limit] = []
         if client_ip and self.per_ip:
-            found += limits_for(f"ip:{client_ip}", self.per_ip)
+            found += _limits(f"ip:{client_ip}", self.per_ip)
         if principal.key_id and principal.key_limits:
-            found += limits_for(f"key:{principal.key_id}", principal.key_limits)
+            found += _limits(f"key:{principal.key_id}", principal.key_limits)
         user_limits = principal.user_limits or self.per_user
         if principal.user_id and user_limits:
-            found += limits_for(f"user:{principal.user_id}", user_limits)
+            found += _limits(f"user:{principal.user_id}", user_limits)
         return found
 
     def estimate_tokens(self, payload: dict[str, Any], body_bytes: int) -> tuple[int, int]:
