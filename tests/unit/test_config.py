@@ -107,3 +107,15 @@ def test_shipped_example_config_is_valid() -> None:
     cfg = load_config(example, env={"GROQ_API_KEY": "g"})
     assert cfg.models["fast"] == ["groq/llama-3.1-8b-instant", "local/smollm2"]
     assert set(cfg.enabled_providers()) == {"groq", "ollama", "local"}
+
+
+def test_schema_revision_constant_is_alembic_head() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from portway.stores.sql.database import MIGRATIONS_DIR
+    from portway.stores.sql.tables import SCHEMA_REVISION
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_REVISION

@@ -12,7 +12,7 @@ from portway.config import GatewayConfig
 from portway.gateway.attempts import AttemptRunner
 from portway.gateway.cost import Pricing
 from portway.gateway.keypool import KeyPool
-from portway.gateway.limits import Counters, MemoryCounters, RedisCounters
+from portway.gateway.limits import Counters, MemoryCounters
 from portway.gateway.router import Router
 from portway.providers.base import Provider, ProviderSettings
 from portway.providers.registry import create_provider
@@ -27,6 +27,14 @@ from portway.stores.sql.database import Database
 from portway.transport import Transport
 
 log = logging.getLogger("portway")
+
+
+def _counters(redis_url: str | None) -> Counters:
+    if not redis_url:
+        return MemoryCounters()
+    from portway.gateway.limits_redis import RedisCounters  # redis-py only when configured: ~6 MB per worker
+
+    return RedisCounters(redis_url)
 
 
 class Gateway:
@@ -60,9 +68,7 @@ class Gateway:
         self.runner = AttemptRunner(self.providers, self.pools, rc)
         self.db = Database(settings.resolved_database_url())
         self.usage = UsageWriter(self.db)
-        self.counters: Counters = (
-            RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
-        )
+        self.counters = _counters(settings.redis_url)
         self.pricing = Pricing({k: (p.input, p.output) for k, p in cfg.pricing.items()})
         self.admission = Admission(self.counters, self.pricing, cfg.limits)
         self.chat = ChatService(self.router, self.runner, self.admission, self._record)

@@ -7,13 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from portway.stores.records import UsageRecord
-from portway.stores.sql.tables import request_log
+from portway.stores.sql.tables import SCHEMA_REVISION, request_log
 
 _FIELDS = tuple(f.name for f in fields(UsageRecord))
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
@@ -40,6 +38,9 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def _upgrade(connection: sa.Connection) -> None:
+    from alembic import command  # imported only when there is something to migrate: ~12 MB per worker
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
@@ -48,8 +49,19 @@ def _upgrade(connection: sa.Connection) -> None:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Apply Alembic migrations up to head (a no-op when already there)."""
+    if await schema_revision(engine) == SCHEMA_REVISION:
+        return
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)
+
+
+async def schema_revision(engine: AsyncEngine) -> str | None:
+    try:
+        async with engine.connect() as conn:
+            value = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+    except sa.exc.DBAPIError:  # no alembic_version table yet
+        return None
+    return str(value) if value is not None else None
 
 
 class Database:
