@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from portway import __version__
 from portway.api import admin, auth, openai, ops
@@ -99,20 +100,33 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
-    fast = {"/v1/chat/completions": ChatCompletionsApp(gw)}
-    app.add_middleware(AdmissionControl, max_in_flight=cfg.server.max_in_flight, fast=fast)
     _document(app, "/v1/chat/completions", OPENAPI_PATH)
+    return app
+
+
+def create_asgi(settings: Settings | None = None, cfg: GatewayConfig | None = None) -> ASGIApp:
+    """The app portway serves: its own thin door in front of FastAPI.
+
+    The door bounds the requests in flight and hands the hot route straight to its pure-ASGI handler, so a
+    chat completion never pays for the framework's middleware (error, telemetry, body-limit, exception,
+    routing). Everything else, and the lifespan, goes to FastAPI. CORS, when configured, wraps both.
+    """
+    settings = settings or Settings()
+    cfg = cfg or load_config(settings.config)
+    api = create_app(settings, cfg)
+    fast = {"/v1/chat/completions": ChatCompletionsApp(api.state.gateway)}
+    door: ASGIApp = AdmissionControl(api, cfg.server.max_in_flight, fast=fast)
     if cfg.server.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
+        door = CORSMiddleware(
+            door,
             allow_origins=cfg.server.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "OPTIONS"],
             allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
             expose_headers=["x-portway-provider", "x-portway-model", "x-request-id"],
         )
-    return app
+    return door
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> ASGIApp:
     """Factory for `uvicorn --factory portway.app:app_from_env` and multi-worker serving."""
-    return create_app()
+    return create_asgi()

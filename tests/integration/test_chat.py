@@ -190,3 +190,36 @@ def test_health_ready_docs(gateway: PortwayProcess) -> None:
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert httpx.get(gateway.url + "/docs").status_code == 200
     assert "/v1/chat/completions" in httpx.get(gateway.url + "/openapi.json").json()["paths"]
+
+
+def test_cors_is_explicit(
+    upstream: FakeUpstream, gateway: PortwayProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.integration.conftest import gateway_config
+
+    body = {"model": "direct", "messages": MSGS}
+    origin = {"Origin": "https://app.example"}
+    plain = httpx.post(
+        gateway.base_url + "/chat/completions", json=body, headers={**gateway.headers(), **origin}
+    )
+    assert "access-control-allow-origin" not in plain.headers  # no origins configured: no CORS at all
+    cfg = gateway_config(upstream)
+    cfg["server"]["cors_origins"] = ["https://app.example"]
+    gw = PortwayProcess(tmp_path_factory.mktemp("cors"), cfg)
+    try:
+        pre = httpx.options(
+            gw.base_url + "/chat/completions",
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://app.example"
+        r = httpx.post(gw.base_url + "/chat/completions", json=body, headers={**gw.headers(), **origin})
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-portway-provider" in r.headers["access-control-expose-headers"]
+        other = httpx.get(gw.base_url + "/models", headers={**gw.headers(), "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        gw.stop()

@@ -13,7 +13,7 @@ class AdmissionControl:
     """Bound the requests in flight per worker; past the bound answer 503 at once instead of queueing.
 
     Also the door to the hot path: `fast` maps a path to a pure ASGI app that is called directly,
-    skipping the framework's routing and exception layers (CORS, added outside this, still applies).
+    skipping every framework layer (CORS, when configured, wraps this door).
     """
 
     def __init__(
