@@ -55,6 +55,20 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade)
 
 
+def _insert_sql(paramstyle: str) -> str:
+    columns = [*_FIELDS, "total_tokens"]
+    if paramstyle == "qmark":
+        marks = ["?"] * len(columns)
+    elif paramstyle in ("numeric_dollar", "numeric"):
+        prefix = "$" if paramstyle == "numeric_dollar" else ":"
+        marks = [f"{prefix}{i}" for i in range(1, len(columns) + 1)]
+    elif paramstyle == "format":
+        marks = ["%s"] * len(columns)
+    else:
+        raise ValueError(f"unsupported database driver paramstyle {paramstyle!r}")
+    return f"INSERT INTO {request_log.name} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
+
+
 async def schema_revision(engine: AsyncEngine) -> str | None:
     try:
         async with engine.connect() as conn:
@@ -68,6 +82,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
+        self._insert_sql = _insert_sql(self.engine.dialect.paramstyle)
 
     async def migrate(self) -> None:
         await migrate(self.engine)
@@ -81,13 +96,11 @@ class Database:
         return True
 
     async def write_usage(self, records: list[UsageRecord]) -> None:
-        # A plain dict per row: dataclasses.asdict deep-copies field by field and was a visible cost.
-        rows = [
-            {**{f: getattr(r, f) for f in _FIELDS}, "total_tokens": r.prompt_tokens + r.completion_tokens}
-            for r in records
-        ]
+        # Plain tuples through the driver's executemany: SQLAlchemy's per-row parameter processing runs on
+        # the event loop and, for a batch of hundreds of rows, was a stall every flush (the c=1 p99).
+        rows = [(*(getattr(r, f) for f in _FIELDS), r.prompt_tokens + r.completion_tokens) for r in records]
         async with self.engine.begin() as conn:
-            await conn.execute(request_log.insert(), rows)
+            await conn.exec_driver_sql(self._insert_sql, rows)
 
     async def aclose(self) -> None:
         await self.engine.dispose()
