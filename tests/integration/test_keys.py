@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from portway.services.identity import Identity, IdentityConfig
-from portway.services.identity_models import PolicyCreate
+from portway.services.identity_models import KeyCreate, PolicyCreate
 from portway.stores.sql.database import Database
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
@@ -254,3 +254,25 @@ async def test_rotation_race_between_replicas(tmp_path: Path) -> None:
     finally:
         for db in dbs:
             await db.aclose()
+
+
+async def test_expired_cache_entry_is_reloaded_once_for_concurrent_requests(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'portway.db'}")
+    await db.migrate()
+    identity = Identity(IdentityConfig(data_dir=tmp_path, secret_key="s"), db.engine, key_ttl=0.0)
+    try:
+        _row, plaintext = await identity.keys.create(KeyCreate(name="busy"))
+        queries = 0
+        find_key = identity.store.find_key
+
+        async def counting(key_hash: str) -> Any:
+            nonlocal queries
+            queries += 1
+            return await find_key(key_hash)
+
+        identity.store.find_key = counting  # type: ignore[method-assign]
+        principals = await asyncio.gather(*(identity.resolve_key(plaintext) for _ in range(50)))
+        assert {p.key_id for p in principals} == {_row.id}
+        assert queries == 1  # single flight: one query for all fifty, not fifty
+    finally:
+        await db.aclose()

@@ -137,6 +137,7 @@ class Identity:
         self.rotation = Rotator(self.store, self.hasher, Sealer(secret), self._key_id_changed)
         self._key_ttl, self._negative_ttl = key_ttl, negative_ttl
         self._keys: TTLCache[str, _KeyEntry | None] = TTLCache()
+        self._key_loads: dict[str, asyncio.Future[_KeyEntry | None]] = {}
         self._users: TTLCache[str, UserRow | None] = TTLCache()
         self._touched: dict[str, float] = {}
         self._pending: dict[str, float] = {}
@@ -164,10 +165,20 @@ class Identity:
     # -- authentication (hot path) -----------------------------------------------------------------------
 
     async def _lookup_key(self, key_hash: str) -> _KeyEntry | None:
-        now = time.monotonic()
-        hit, entry = self._keys.get(key_hash, now)
+        hit, entry = self._keys.get(key_hash, time.monotonic())
         if hit:
             return entry
+        # Single flight: when a busy key's cache entry expires, the requests in flight share one query
+        # instead of each running its own (a thundering herd under many concurrent streams).
+        load = self._key_loads.get(key_hash)
+        if load is None:
+            load = asyncio.ensure_future(self._load_key(key_hash))
+            self._key_loads[key_hash] = load
+            load.add_done_callback(lambda _: self._key_loads.pop(key_hash, None))
+        return await asyncio.shield(load)  # one waiter giving up must not cancel the others' load
+
+    async def _load_key(self, key_hash: str) -> _KeyEntry | None:
+        now = time.monotonic()
         found = await self.store.find_key(key_hash)
         entry = None if found is None else _KeyEntry(found[0], found[1], _key_principal(*found))
         self._keys.put(key_hash, entry, self._key_ttl if entry else self._negative_ttl, now)
