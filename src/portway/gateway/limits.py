@@ -263,20 +263,26 @@ def format_reset(seconds: float) -> str:
     return secs
 
 
+_HEADER_NOUNS = ((LimitKind.RPM, "requests"), (LimitKind.TPM, "tokens"))
+
+
 def _rate_headers(slots: Sequence[Slot], used: Sequence[int], now: float) -> dict[str, str]:
+    # One pass, no intermediate lists: this runs on every admitted request.
+    tightest: dict[LimitKind, tuple[int, int, Slot]] = {}
+    for slot, u in zip(slots, used, strict=True):
+        if slot.kind is LimitKind.RPM or slot.kind is LimitKind.TPM:
+            remaining = max(0, slot.cap - u)
+            best = tightest.get(slot.kind)
+            # Tightest = least remaining; on a tie the smaller limit is the more informative one.
+            if best is None or (remaining, slot.cap) < (best[0], best[1]):
+                tightest[slot.kind] = (remaining, slot.cap, slot)
     headers: dict[str, str] = {}
-    for kind, noun in ((LimitKind.RPM, "requests"), (LimitKind.TPM, "tokens")):
-        candidates = [
-            (max(0, s.cap - u), s.cap, s) for s, u in zip(slots, used, strict=True) if s.kind is kind
-        ]
-        if not candidates:
-            continue
-        # Tightest = least remaining; on a tie the smaller limit is the more informative one.
-        remaining, cap, slot = min(candidates, key=lambda c: (c[0], c[1]))
-        reset = (slot.reset_at or now) - now
-        headers[f"x-ratelimit-limit-{noun}"] = str(cap)
-        headers[f"x-ratelimit-remaining-{noun}"] = str(remaining)
-        headers[f"x-ratelimit-reset-{noun}"] = format_reset(reset)
+    for kind, noun in _HEADER_NOUNS:
+        if kind in tightest:
+            remaining, cap, slot = tightest[kind]
+            headers[f"x-ratelimit-limit-{noun}"] = str(cap)
+            headers[f"x-ratelimit-remaining-{noun}"] = str(remaining)
+            headers[f"x-ratelimit-reset-{noun}"] = format_reset((slot.reset_at or now) - now)
     return headers
 
 
