@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from portway.api.common import json_response
+from portway.api.common import authenticate, gateway, json_response
 from portway.errors import PermissionDenied
 from portway.gateway.limits import Counters
-from portway.services.auth import Authenticator, Principal, bearer_token
+from portway.services.auth import Principal
 from portway.services.identity import Identity
 from portway.services.identity_models import LoginRequest
 
@@ -16,27 +16,17 @@ router = APIRouter(tags=["auth"])
 NO_STORE = {"Cache-Control": "no-store"}  # responses carrying a secret must not be cached anywhere
 
 
-# The gateway's identity/counters attributes are read through app.state: this module only needs them to
-# exist at request time, so it does not depend on how services/gateway.py declares them.
 def identity(request: Request) -> Identity:
-    ident: Identity = request.app.state.gateway.identity
-    return ident
+    return gateway(request).identity
 
 
 def counters(request: Request) -> Counters:
-    ctr: Counters = request.app.state.gateway.counters
-    return ctr
-
-
-async def current_principal(request: Request) -> Principal:
-    auth: Authenticator = request.app.state.gateway.auth
-    h = request.headers
-    return await auth.authenticate(bearer_token(h.get("authorization"), h.get("x-api-key")))
+    return gateway(request).counters
 
 
 async def require_admin(request: Request) -> Principal:
     """Master key or an admin user's JWT; 401 without valid credentials, 403 for anyone else."""
-    principal = await current_principal(request)
+    principal = await authenticate(request)
     if not principal.is_admin:
         raise PermissionDenied("This endpoint needs the master key or an admin user's token")
     return principal
@@ -49,5 +39,5 @@ async def login(body: LoginRequest, request: Request) -> Response:
 
 @router.get("/v1/me", summary="Who am I: principal, key, user and current usage against limits")
 async def me(request: Request) -> Response:
-    principal = await current_principal(request)
+    principal = await authenticate(request)
     return json_response(await identity(request).me(principal, counters(request)))
