@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None
     database_url: str | None = None  # default: sqlite+aiosqlite:///<data_dir>/portway.db
     redis_url: str | None = None
+    redis_timeout: float = Field(default=0.1, gt=0)  # seconds per Redis operation before failing open/closed
     log_level: str = "info"
     secret_key: SecretStr | None = (
         None  # hashes virtual keys, seals rotating keys; else <data_dir>/secret.key

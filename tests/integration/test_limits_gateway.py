@@ -154,7 +154,14 @@ class RedisServer:
 @pytest.mark.redis
 def test_two_processes_share_redis_exactly_50_of_200(upstream: FakeUpstream, tmp_path: Path) -> None:
     redis = RedisServer().start()
-    env = {"PORTWAY_REDIS_URL": redis.url, "PORTWAY_SECRET_KEY": "shared-secret-for-both-replicas"}
+    # A generous Redis timeout: on a loaded 2-core machine a starved event loop can take longer than the
+    # default 100 ms to read a reply, and a timed-out admission fails open. That trade-off is tested (Redis
+    # stopped) below; this test is about the atomic check-and-increment shared by two processes.
+    env = {
+        "PORTWAY_REDIS_URL": redis.url,
+        "PORTWAY_REDIS_TIMEOUT": "2",
+        "PORTWAY_SECRET_KEY": "shared-secret-for-both-replicas",
+    }
     db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     env["PORTWAY_DATABASE_URL"] = db
     a = PortwayProcess(tmp_path / "a", gateway_config(upstream), env=env)

@@ -131,6 +131,7 @@ class RedisCounters(Counters):
         breaker_cooldown: float = 5.0,
         prefix: str = "portway:",
         max_connections: int = 64,
+        queue_timeout: float = 5.0,
     ) -> None:
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
@@ -152,6 +153,9 @@ class RedisCounters(Counters):
         # a connection instead, and tells a local burst apart from Redis failing (only the latter counts
         # toward the breaker, so a flood of requests cannot trip it and switch every limit to fail-open).
         self._connections = asyncio.Semaphore(max_connections)
+        # Waiting for a free connection is bounded separately and more loosely than Redis I/O: a local burst
+        # is not Redis trouble, and deciding it without Redis would let a burst past exact rate limits.
+        self._queue_timeout = queue_timeout
         self._outage_logged = False
         self._saturation_logged_at = -math.inf
         self._max_connections = max_connections
@@ -166,9 +170,9 @@ class RedisCounters(Counters):
         if not self._breaker.allow():
             return None
         probe = self._breaker.is_open  # allowed through an open breaker: this call is the probe
-        deadline = asyncio.get_running_loop().time() + self._deadline
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(self._queue_timeout):
                 await self._connections.acquire()
         except BaseException as exc:
             self._breaker.abandoned(probe)
@@ -177,7 +181,7 @@ class RedisCounters(Counters):
                 return None
             raise
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(loop.time() + self._deadline):
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
             self._breaker.failed(probe)

@@ -29,12 +29,12 @@ from portway.transport import Transport
 log = logging.getLogger("portway")
 
 
-def _counters(redis_url: str | None) -> Counters:
+def _counters(redis_url: str | None, timeout: float) -> Counters:
     if not redis_url:
         return MemoryCounters()
     from portway.gateway.limits_redis import RedisCounters  # redis-py only when configured: ~6 MB per worker
 
-    return RedisCounters(redis_url)
+    return RedisCounters(redis_url, socket_timeout=timeout)
 
 
 class Gateway:
@@ -68,7 +68,7 @@ class Gateway:
         self.runner = AttemptRunner(self.providers, self.pools, rc)
         self.db = Database(settings.resolved_database_url())
         self.usage = UsageWriter(self.db)
-        self.counters = _counters(settings.redis_url)
+        self.counters = _counters(settings.redis_url, settings.redis_timeout)
         self.pricing = Pricing({k: (p.input, p.output) for k, p in cfg.pricing.items()})
         self.admission = Admission(self.counters, self.pricing, cfg.limits)
         self.chat = ChatService(self.router, self.runner, self.admission, self._record)
