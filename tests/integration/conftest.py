@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -76,7 +75,3 @@ def client(gateway: PortwayProcess) -> openai.OpenAI:
 @pytest.fixture
 def direct(upstream: FakeUpstream) -> openai.OpenAI:
     return openai.OpenAI(base_url=upstream.base_url, api_key="k-main", max_retries=0, timeout=20)
-
-
-def tmp_dir(factory: pytest.TempPathFactory, name: str) -> Path:
-    return factory.mktemp(name)

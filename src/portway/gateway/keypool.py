@@ -89,17 +89,6 @@ class KeyPool:
         ]
         return min(waits) if waits else None
 
-    def snapshot(self, now: float) -> list[dict[str, object]]:
-        return [
-            {
-                "key": s.label,
-                "state": "disabled" if s.disabled else s.breaker.state(now),
-                "in_flight": s.in_flight,
-                "cooling_down_for": round(max(0.0, s.cooldown_until - now), 3),
-            }
-            for s in self.states
-        ]
-
 
 def _breaker_wait(breaker: Breaker, now: float) -> float:
     return 0.0 if breaker.opened_at is None else breaker.opened_at + breaker.cooldown - now

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from portway.config import GatewayConfig
@@ -104,7 +103,3 @@ class Gateway:
                 await step()
             except Exception:
                 log.exception("error during shutdown")
-
-    def provider_health(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {name: {"keys": pool.snapshot(now)} for name, pool in self.pools.items()}
