@@ -69,3 +69,21 @@ async def test_full_queue_drops_and_counts_instead_of_blocking() -> None:
         writer.submit(rec(i))  # never awaits: the hot path cannot block on the database
     assert writer.dropped == 2
     await writer.aclose()
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_interval() -> None:
+    sink = Sink()
+    writer = UsageWriter(sink, batch_size=5, interval=30)
+    writer.start()
+    for i in range(5):
+        writer.submit(rec(i))
+    for _ in range(100):
+        if sink.written:
+            break
+        await asyncio.sleep(0.01)
+    assert sink.written == [f"r{i}" for i in range(5)]
+    writer.submit(rec(5))  # a lone record waits for its batch (or the interval, or shutdown)
+    await asyncio.sleep(0.05)
+    assert len(sink.written) == 5
+    await writer.aclose()
+    assert sink.written[-1] == "r5"

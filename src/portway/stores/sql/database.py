@@ -6,6 +6,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -69,6 +70,19 @@ def _insert_sql(paramstyle: str) -> str:
     return f"INSERT INTO {request_log.name} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
 
 
+def _sqlite_json_insert_sql() -> str:
+    """One statement for a whole batch, its rows in one JSON array parameter.
+
+    The driver releases the GIL around each statement step, and executemany steps once per row: hundreds
+    of GIL hand-offs per flush between the writer thread and the event loop, which cost the loop far more
+    than the inserts themselves (~15 % of a worker's throughput at c=32). Here SQLite parses the JSON and
+    inserts every row within one step, with the GIL released. json_extract (not ->>) for SQLite < 3.38.
+    """
+    columns = [*_FIELDS, "total_tokens"]
+    values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
+    return f"INSERT INTO {request_log.name} ({', '.join(columns)}) SELECT {values} FROM json_each(?)"
+
+
 async def schema_revision(engine: AsyncEngine) -> str | None:
     try:
         async with engine.connect() as conn:
@@ -83,6 +97,7 @@ class Database:
         self.url = url
         self.engine = create_engine(url)
         self._insert_sql = _insert_sql(self.engine.dialect.paramstyle)
+        self._json_insert_sql = _sqlite_json_insert_sql() if self.engine.dialect.name == "sqlite" else None
 
     async def migrate(self) -> None:
         await migrate(self.engine)
@@ -100,7 +115,10 @@ class Database:
         # the event loop and, for a batch of hundreds of rows, was a stall every flush (the c=1 p99).
         rows = [(*(getattr(r, f) for f in _FIELDS), r.prompt_tokens + r.completion_tokens) for r in records]
         async with self.engine.begin() as conn:
-            await conn.exec_driver_sql(self._insert_sql, rows)
+            if self._json_insert_sql is not None:
+                await conn.exec_driver_sql(self._json_insert_sql, (orjson.dumps(rows),))
+            else:
+                await conn.exec_driver_sql(self._insert_sql, rows)
 
     async def aclose(self) -> None:
         await self.engine.dispose()

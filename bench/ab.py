@@ -1,0 +1,101 @@
+"""A quick c=32 comparison for working on the hot path: the bare forwarder against portway, interleaved.
+
+    .venv/bin/python -m bench.ab                   # 3 rounds x 5 s each, forwarder and portway alternating
+    .venv/bin/python -m bench.ab --rounds 5 --seconds 4 --variant nolog --variant master
+    .venv/bin/python -m bench.ab --profile 10      # also py-spy portway's worker (summary printed)
+
+Variants (each its own 1-worker portway, same nginx upstream): `full` (virtual key, request log on: what
+`make bench` measures), `nolog` (virtual key, `server.request_log: false`), `master` (master key: no limits),
+`bare` (master key, no request log). Prints req/s per round and the median ratio to the forwarder. Not a
+substitute for `make bench` (no streams, soak or c=1 tail): a way to see in a minute whether a change moved
+c=32, on a machine where absolute figures drift between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import deps, pyspy, servers
+from bench.procs import Server, raise_nofile
+from bench.scenarios import BODY
+from bench.wrk import run_wrk
+
+VARIANTS = {
+    "full": (True, True),  # (virtual key, request log)
+    "nolog": (True, False),
+    "master": (False, True),
+    "bare": (False, False),
+}
+
+
+def _portway(tmp: Path, name: str, up_port: int, live: list[Server]) -> tuple[str, str, Server]:
+    virtual, request_log = VARIANTS[name]
+    cfg: dict[str, Any] = servers.portway_config(up_port)
+    cfg["server"]["request_log"] = request_log
+    pw = servers.portway(tmp, f"portway_{name}", cfg, workers=1)
+    live.append(pw.server)
+    pw.server.start(60)
+    auth = servers.virtual_key(pw.url)[0] if virtual else servers.MASTER_KEY
+    return pw.url + "/v1/chat/completions", auth, pw.server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="default: full")
+    parser.add_argument("--profile", type=int, default=0, help="seconds of py-spy on the first variant")
+    args = parser.parse_args()
+    deps.ensure_debian_packages(print)
+    raise_nofile()
+    tmp = Path(tempfile.mkdtemp(prefix="portway-ab-"))
+    live: list[Server] = []
+    try:
+        up, _, up_port, _ = servers.nginx_servers(tmp)
+        live.append(up)
+        up.start(30)
+        fwd, fwd_port = servers.forwarder(tmp, up_port)
+        live.append(fwd)
+        fwd.start(30)
+        targets = {"forwarder": (f"http://127.0.0.1:{fwd_port}/v1/chat/completions", "", fwd)}
+        for name in args.variant or ["full"]:
+            targets[name] = _portway(tmp, name, up_port, live)
+        rps: dict[str, list[float]] = {name: [] for name in targets}
+        for url, auth, _ in targets.values():
+            run_wrk(url, connections=args.connections, seconds=1, body=BODY, auth=auth)
+        for i in range(args.rounds):
+            for name, (url, auth, _) in targets.items():
+                r = run_wrk(url, connections=args.connections, seconds=args.seconds, body=BODY, auth=auth)
+                rps[name].append(r.rps)
+                print(
+                    f"round {i + 1} {name:10} {r.rps:9,.0f} req/s  p99 {r.latency_ms['p99']:.2f} ms",
+                    flush=True,
+                )
+        base = statistics.median(rps["forwarder"])
+        for name, values in rps.items():
+            med = statistics.median(values)
+            print(f"{name:10} median {med:9,.0f} req/s  = {med / base:.3f} x forwarder")
+        if args.profile:
+            name = (args.variant or ["full"])[0]
+            url, auth, server = targets[name]
+            exe = deps.py_spy()
+            assert exe, "py-spy is not available"
+            raw = tmp / "profile.raw"
+            spy = pyspy.record(exe, server.workers()[0], args.profile, raw)
+            time.sleep(0.5)
+            run_wrk(url, connections=args.connections, seconds=args.profile + 1, body=BODY, auth=auth)
+            spy.communicate(timeout=args.profile + 60)
+            print(pyspy.as_text(pyspy.summarize(raw, top=40)))
+    finally:
+        for server in reversed(live):
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
