@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import astuple, fields
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from portway.stores.records import UsageRecord

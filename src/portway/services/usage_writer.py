@@ -1,9 +1,9 @@
 """A bounded, batched background writer for usage records.
 
 The hot path only appends to a list; a single task flushes batches of up to `batch_size` records, or
-whatever arrived within `interval` seconds. A failed flush is retried (the batch is kept) so a database hiccup loses
-nothing; shutdown drains the buffer. Only when the buffer is full - the database far behind for a long time -
-is a record dropped, counted and logged, because blocking requests would be worse.
+whatever arrived within `interval` seconds. A failed flush is retried (the batch is kept) so a database
+hiccup loses nothing; shutdown drains the buffer. Only when the buffer is full - the database far behind
+for a long time - is a record dropped, counted and logged, because blocking requests would be worse.
 """
 
 from __future__ import annotations
