@@ -4,11 +4,12 @@
     .venv/bin/python -m bench.ab --rounds 5 --seconds 4 --variant nolog --variant master
     .venv/bin/python -m bench.ab --profile 10      # also py-spy portway's worker (summary printed)
 
-Variants (each its own 1-worker portway, same nginx upstream): `full` (virtual key, request log on: what
-`make bench` measures), `nolog` (virtual key, `server.request_log: false`), `master` (master key: no limits),
-`bare` (master key, no request log). Prints req/s per round and the median ratio to the forwarder. Not a
-substitute for `make bench` (no streams, soak or c=1 tail): a way to see in a minute whether a change moved
-c=32, on a machine where absolute figures drift between runs.
+Variants (each its own 1-worker portway, same nginx upstream): `full` (virtual key with limits, request
+log on: what `make bench` measures), `nolog` (the same, `server.request_log: false`), `keyonly` (a virtual
+key without limits, no request log), `master` (master key: no limits), `bare` (master key, no request log).
+Prints req/s per round and the median ratio to the forwarder. Not a substitute for `make bench` (no
+streams, soak or c=1 tail): a way to see in a minute whether a change moved c=32, on a machine where
+absolute figures drift between runs.
 """
 
 from __future__ import annotations
@@ -26,21 +27,24 @@ from bench.scenarios import BODY
 from bench.wrk import run_wrk
 
 VARIANTS = {
-    "full": (True, True),  # (virtual key, request log)
-    "nolog": (True, False),
-    "master": (False, True),
-    "bare": (False, False),
+    "full": ("limits", True),  # (auth, request log)
+    "nolog": ("limits", False),
+    "keyonly": ("key", False),  # a virtual key without limits: auth by key hash, nothing to count
+    "master": ("master", True),
+    "bare": ("master", False),
 }
 
 
 def _portway(tmp: Path, name: str, up_port: int, live: list[Server]) -> tuple[str, str, Server]:
-    virtual, request_log = VARIANTS[name]
+    how, request_log = VARIANTS[name]
     cfg: dict[str, Any] = servers.portway_config(up_port)
     cfg["server"]["request_log"] = request_log
     pw = servers.portway(tmp, f"portway_{name}", cfg, workers=1)
     live.append(pw.server)
     pw.server.start(60)
-    auth = servers.virtual_key(pw.url)[0] if virtual else servers.MASTER_KEY
+    auth = servers.MASTER_KEY
+    if how != "master":
+        auth = servers.virtual_key(pw.url, limits=how == "limits")[0]
     return pw.url + "/v1/chat/completions", auth, pw.server
 
 

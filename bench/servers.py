@@ -121,10 +121,11 @@ def portway(tmp: Path, name: str, cfg: dict[str, Any], *, workers: int = 1) -> P
     return Portway(srv, port, f"http://127.0.0.1:{port}")
 
 
-def virtual_key(base_url: str) -> tuple[str, str]:
+def virtual_key(base_url: str, *, limits: bool = True) -> tuple[str, str]:
     """(bearer token, label): a virtual key with huge limits via POST /admin/keys, else the master key."""
-    body = {"name": "bench", "rpm": 100000000, "tpm": 1000000000, "daily_requests": 1000000000}
-    body["budget_usd"] = 1000000
+    body: dict[str, Any] = {"name": "bench"}
+    if limits:
+        body |= {"rpm": 100000000, "tpm": 1000000000, "daily_requests": 1000000000, "budget_usd": 1000000}
     req = urllib.request.Request(
         base_url + "/admin/keys",
         data=json.dumps(body).encode(),

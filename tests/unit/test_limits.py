@@ -14,6 +14,7 @@ from portway.gateway.limits import (
     Held,
     Limit,
     LimitKind,
+    LimitPlan,
     MemoryCounters,
     Reservation,
     degraded_decision,
@@ -295,15 +296,35 @@ def test_limit_validation_and_fail_defaults() -> None:
 
 def test_counter_keys_carry_the_window_and_the_scope_last() -> None:
     at = ts(2024, 3, 10, 12, 0, 30)
-    assert (
-        plan(rpm("ip:2001:db8::1", 1), tokens=0, cost=0, now=at).key == f"rpm:{int(at) - 30}:ip:2001:db8::1"
-    )
-    assert plan(budget("user:u", 1, "daily"), tokens=0, cost=0, now=at).key == "usd:d20240310:user:u"
-    assert plan(budget("user:u", 1, "monthly"), tokens=0, cost=0, now=at).key == "usd:m202403:user:u"
-    assert plan(budget("user:u", 1, "total"), tokens=0, cost=0, now=at).key == "usd:total:user:u"
-    day = plan(Limit("key:k", LimitKind.DAILY_REQUESTS, 1), tokens=0, cost=0, now=at)
+    assert plan(rpm("ip:2001:db8::1", 1), now=at).key == f"rpm:{int(at) - 30}:ip:2001:db8::1"
+    assert plan(budget("user:u", 1, "daily"), now=at).key == "usd:d20240310:user:u"
+    assert plan(budget("user:u", 1, "monthly"), now=at).key == "usd:m202403:user:u"
+    assert plan(budget("user:u", 1, "total"), now=at).key == "usd:total:user:u"
+    day = plan(Limit("key:k", LimitKind.DAILY_REQUESTS, 1), now=at)
     assert day.key == "day:20240310:key:k"
     assert day.ttl == 12 * 3600 - 30 + 3600
+
+
+async def test_a_reused_limit_plan_moves_to_the_next_window_and_day(counters: MemoryCounters) -> None:
+    # A LimitPlan caches its counter slots for a minute: crossing a minute or a day must still start
+    # new counters, and a plan shared by many requests must count them all.
+    late = ts(2024, 3, 10, 23, 59, 59)
+    lp = LimitPlan(
+        [rpm("key:k", 2), Limit("key:k", LimitKind.DAILY_REQUESTS, 3), budget("key:k", 1, "daily")]
+    )
+    assert [(await counters.admit(lp, tokens=1, cost=0.4, now=late)).allowed for _ in range(3)] == [
+        True,
+        True,
+        False,  # rpm 2 reached (and the daily budget would have been too)
+    ]
+    nxt = late + 1.5  # 00:00:00.5 the next day: new minute, new day
+    assert (await counters.admit(lp, tokens=1, cost=0.4, now=nxt)).allowed
+    assert (await used(counters, lp.limits[1], now=nxt)) == 1
+    assert (await used(counters, lp.limits[1], now=late)) == 2
+    same = [rpm("key:k", 2), Limit("key:k", LimitKind.DAILY_REQUESTS, 3), budget("key:k", 1, "daily")]
+    d = await counters.admit(same, tokens=1, cost=0.4, now=nxt)  # a plain list counts on the same counters
+    assert d.allowed and d.headers["x-ratelimit-remaining-requests"] == "0"
+    assert not (await counters.admit(lp, tokens=1, cost=0.4, now=nxt + 1)).allowed
 
 
 async def test_old_windows_are_dropped_lazily(counters: MemoryCounters) -> None:

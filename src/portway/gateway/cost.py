@@ -6,7 +6,7 @@ toward budgets), except that `local/*` is always free.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 
 Price = tuple[float, float]  # (input, output) USD per 1M tokens
 _FREE: Price = (0.0, 0.0)
@@ -34,8 +34,10 @@ class Pricing:
         inp, out = self.price(target_id) or _FREE
         return (prompt_tokens * inp + completion_tokens * out) / 1_000_000
 
-    def estimate(self, target_ids: Iterable[str], prompt_tokens: int, completion_tokens: int) -> float:
+    def estimate(self, target_ids: Sequence[str], prompt_tokens: int, completion_tokens: int) -> float:
         """The most any of the targets could cost: fallbacks may land on the dearest one."""
+        if len(target_ids) == 1:
+            return self.cost(target_ids[0], prompt_tokens, completion_tokens)
         return max((self.cost(t, prompt_tokens, completion_tokens) for t in target_ids), default=0.0)
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "Decision",
     "Limit",
     "LimitKind",
+    "LimitPlan",
     "LimitUsage",
     "MemoryCounters",
     "RedisCounters",
@@ -103,11 +104,10 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """The counter one limit uses at one moment, and what an admission would take from it."""
+    """The counter one limit uses at one moment (what an admission takes from it is in ``amounts``)."""
 
     key: str  # without the backend prefix
     kind: LimitKind
-    amount: int  # units this admission takes
     cap: int  # the limit in units
     ttl: int  # seconds the counter lives after a write
     reset_at: float | None  # epoch seconds when the counter starts over; None = never
@@ -130,13 +130,18 @@ class Reservation:
 
     def adjustments(self, *, tokens: int, cost: float) -> list[tuple[str, int]]:
         """Per-counter deltas that turn the held amounts into (tokens, cost); records the new amounts."""
-        target = {LimitKind.TPM: max(0, int(tokens)), LimitKind.BUDGET: to_micro(cost)}
+        tokens, micro = max(0, int(tokens)), to_micro(cost)
         deltas: list[tuple[str, int]] = []
         for h in self.held:
-            if h.kind in target:
-                deltas.append((h.key, target[h.kind] - h.amount))
-                h.amount = target[h.kind]
-        return [(k, d) for k, d in deltas if d != 0]
+            if h.kind is LimitKind.TPM:
+                delta, h.amount = tokens - h.amount, tokens
+            elif h.kind is LimitKind.BUDGET:
+                delta, h.amount = micro - h.amount, micro
+            else:
+                continue
+            if delta:
+                deltas.append((h.key, delta))
+        return deltas
 
     def open_for_settle(self) -> bool:
         return not self.released
@@ -167,7 +172,7 @@ class LimitUsage:
 
 class Counters(Protocol):
     async def admit(
-        self, limits: Sequence[Limit], *, tokens: int, cost: float, now: float | None = None
+        self, limits: Sequence[Limit] | LimitPlan, *, tokens: int, cost: float, now: float | None = None
     ) -> Decision: ...
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None: ...
@@ -208,29 +213,76 @@ def _cap(limit: Limit) -> int:
     return math.floor(limit.limit)
 
 
-def plan(limit: Limit, *, tokens: int, cost: float, now: float) -> Slot:
-    """Which counter ``limit`` uses at ``now`` and what one admission takes from it."""
+def plan(limit: Limit, *, now: float) -> Slot:
+    """Which counter ``limit`` uses at ``now``."""
     kind, scope, cap = limit.kind, limit.scope, _cap(limit)
     if kind in (LimitKind.RPM, LimitKind.TPM):
         start = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
-        amount = 1 if kind is LimitKind.RPM else max(0, int(tokens))
-        reset = float(start + WINDOW_SECONDS)
-        return Slot(f"{kind.value}:{start}:{scope}", kind, amount, cap, _MINUTE_TTL, reset)
+        return Slot(f"{kind.value}:{start}:{scope}", kind, cap, _MINUTE_TTL, float(start + WINDOW_SECONDS))
     ymd, ym, midnight, month_end = _calendar(int(now // _DAY))
     if kind is LimitKind.DAILY_REQUESTS:
-        ttl = math.ceil(midnight - now) + 3600
-        return Slot(f"day:{ymd}:{scope}", kind, 1, cap, ttl, midnight)
-    amount = to_micro(cost)
+        return Slot(f"day:{ymd}:{scope}", kind, cap, math.ceil(midnight - now) + 3600, midnight)
     if limit.period == "daily":
-        ttl = math.ceil(midnight - now) + _DAY
-        return Slot(f"usd:d{ymd}:{scope}", kind, amount, cap, ttl, midnight)
+        return Slot(f"usd:d{ymd}:{scope}", kind, cap, math.ceil(midnight - now) + _DAY, midnight)
     if limit.period == "monthly":
-        ttl = math.ceil(month_end - now) + _DAY
-        return Slot(f"usd:m{ym}:{scope}", kind, amount, cap, ttl, month_end)
-    return Slot(f"usd:total:{scope}", kind, amount, cap, _TOTAL_TTL, None)
+        return Slot(f"usd:m{ym}:{scope}", kind, cap, math.ceil(month_end - now) + _DAY, month_end)
+    return Slot(f"usd:total:{scope}", kind, cap, _TOTAL_TTL, None)
 
 
-def first_refusal(slots: Sequence[Slot], stored: Sequence[int]) -> int | None:
+_HEADER_NAMES = tuple(
+    (kind, (f"x-ratelimit-limit-{noun}", f"x-ratelimit-remaining-{noun}", f"x-ratelimit-reset-{noun}"))
+    for kind, noun in ((LimitKind.RPM, "requests"), (LimitKind.TPM, "tokens"))
+)
+
+
+class LimitPlan:
+    """A set of limits prepared for admission, built once per caller rather than per request.
+
+    Which counters the limits use changes at most once a minute (day and month boundaries are minute
+    boundaries too), so the slots are worked out once per minute; per request only the amounts are new.
+    Counter TTLs are counted from the start of the minute, so a counter may outlive its period by up to
+    a minute more than ``plan`` says: they only bound how long an idle counter takes memory.
+    """
+
+    __slots__ = ("_minute", "_slots", "header_groups", "kinds", "limits")
+
+    def __init__(self, limits: Sequence[Limit]) -> None:
+        self.limits = tuple(limits)
+        self.kinds = tuple(limit.kind for limit in self.limits)
+        # (header names, indices of the RPM or the TPM slots): x-ratelimit-* describe the tightest of each.
+        self.header_groups = tuple(
+            (names, found)
+            for kind, names in _HEADER_NAMES
+            if (found := tuple(i for i, k in enumerate(self.kinds) if k is kind))
+        )
+        self._minute = -1
+        self._slots: tuple[Slot, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.limits)
+
+    def slots(self, now: float) -> tuple[Slot, ...]:
+        minute = int(now // WINDOW_SECONDS)
+        if minute != self._minute:
+            start = float(minute * WINDOW_SECONDS)
+            self._slots = tuple(plan(limit, now=start) for limit in self.limits)
+            self._minute = minute
+        return self._slots
+
+    def amounts(self, tokens: int, cost: float) -> list[int]:
+        """What one admission takes from each slot: 1 request, the estimated tokens or micro-USD."""
+        tokens, micro = max(0, int(tokens)), to_micro(cost)
+        return [
+            tokens if kind is LimitKind.TPM else micro if kind is LimitKind.BUDGET else 1
+            for kind in self.kinds
+        ]
+
+
+def as_plan(limits: Sequence[Limit] | LimitPlan) -> LimitPlan:
+    return limits if isinstance(limits, LimitPlan) else LimitPlan(limits)
+
+
+def first_refusal(slots: Sequence[Slot], stored: Sequence[int], amounts: Sequence[int]) -> int | None:
     """Index of the first slot without room for its amount, or None if all fit.
 
     ``used >= cap`` refuses even a zero-amount request on an exhausted counter (a request estimated at 0
@@ -238,11 +290,11 @@ def first_refusal(slots: Sequence[Slot], stored: Sequence[int]) -> int | None:
     script mirrors this function exactly.
     """
     pending: dict[str, int] = {}
-    for i, (slot, base) in enumerate(zip(slots, stored, strict=True)):
+    for i, (slot, base, amount) in enumerate(zip(slots, stored, amounts, strict=True)):
         used = base + pending.get(slot.key, 0)
-        if used >= slot.cap or used + slot.amount > slot.cap:
+        if used >= slot.cap or used + amount > slot.cap:
             return i
-        pending[slot.key] = pending.get(slot.key, 0) + slot.amount
+        pending[slot.key] = pending.get(slot.key, 0) + amount
     return None
 
 
@@ -263,31 +315,34 @@ def format_reset(seconds: float) -> str:
     return secs
 
 
-_HEADER_NOUNS = ((LimitKind.RPM, "requests"), (LimitKind.TPM, "tokens"))
-
-
-def _rate_headers(slots: Sequence[Slot], used: Sequence[int], now: float) -> dict[str, str]:
-    # One pass, no intermediate lists: this runs on every admitted request.
-    tightest: dict[LimitKind, tuple[int, int, Slot]] = {}
-    for slot, u in zip(slots, used, strict=True):
-        if slot.kind is LimitKind.RPM or slot.kind is LimitKind.TPM:
-            remaining = max(0, slot.cap - u)
-            best = tightest.get(slot.kind)
-            # Tightest = least remaining; on a tie the smaller limit is the more informative one.
-            if best is None or (remaining, slot.cap) < (best[0], best[1]):
-                tightest[slot.kind] = (remaining, slot.cap, slot)
+def _rate_headers(lp: LimitPlan, slots: Sequence[Slot], used: Sequence[int], now: float) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for kind, noun in _HEADER_NOUNS:
-        if kind in tightest:
-            remaining, cap, slot = tightest[kind]
-            headers[f"x-ratelimit-limit-{noun}"] = str(cap)
-            headers[f"x-ratelimit-remaining-{noun}"] = str(remaining)
-            headers[f"x-ratelimit-reset-{noun}"] = format_reset((slot.reset_at or now) - now)
+    reset_text: dict[float | None, str] = {}  # RPM and TPM share their window: format its reset once
+    for (limit_h, remaining_h, reset_h), found in lp.header_groups:
+        best = found[0]
+        remaining = max(0, slots[best].cap - used[best])
+        for i in found[1:]:
+            # Tightest = least remaining; on a tie the smaller limit is the more informative one.
+            left = max(0, slots[i].cap - used[i])
+            if (left, slots[i].cap) < (remaining, slots[best].cap):
+                best, remaining = i, left
+        slot = slots[best]
+        headers[limit_h] = str(slot.cap)
+        headers[remaining_h] = str(remaining)
+        text = reset_text.get(slot.reset_at)
+        if text is None:
+            text = reset_text[slot.reset_at] = format_reset((slot.reset_at or now) - now)
+        headers[reset_h] = text
     return headers
 
 
 def decide(
-    limits: Sequence[Limit], slots: Sequence[Slot], stored: Sequence[int], refused: int | None, now: float
+    limits: LimitPlan,
+    slots: Sequence[Slot],
+    stored: Sequence[int],
+    amounts: Sequence[int],
+    refused: int | None,
+    now: float,
 ) -> Decision:
     """Build the Decision from counter values read *before* the (atomic) take.
 
@@ -296,16 +351,19 @@ def decide(
     if refused is not None:
         slot = slots[refused]
         retry = TOTAL_BUDGET_RETRY_AFTER if slot.reset_at is None else max(0.0, slot.reset_at - now)
-        headers = _rate_headers(slots, stored, now)
-        return Decision(False, limits[refused], retry, headers, Reservation())
+        headers = _rate_headers(limits, slots, stored, now)
+        return Decision(False, limits.limits[refused], retry, headers, Reservation())
     pending: dict[str, int] = {}
     after: list[int] = []
-    for slot, base in zip(slots, stored, strict=True):
-        pending[slot.key] = pending.get(slot.key, 0) + slot.amount
-        after.append(base + pending[slot.key])
-    # Zero estimates are held too: settling real usage must still find (and add to) their counters.
-    held = [Held(s.key, s.kind, s.amount) for s in slots]
-    return Decision(True, None, 0.0, _rate_headers(slots, after, now), Reservation(held))
+    held: list[Held] = []
+    for slot, base, amount in zip(slots, stored, amounts, strict=True):
+        pending[slot.key] = taken = pending.get(slot.key, 0) + amount
+        after.append(base + taken)
+        # Only tokens and cost are settled later; zero estimates are held too, so that settling real
+        # usage still finds (and adds to) their counters.
+        if slot.kind is LimitKind.TPM or slot.kind is LimitKind.BUDGET:
+            held.append(Held(slot.key, slot.kind, amount))
+    return Decision(True, None, 0.0, _rate_headers(limits, slots, after, now), Reservation(held))
 
 
 def degraded_decision(limits: Sequence[Limit], retry_after: float) -> Decision:
@@ -356,18 +414,20 @@ class MemoryCounters(Counters):
             self._values.pop(key, None)
 
     async def admit(
-        self, limits: Sequence[Limit], *, tokens: int, cost: float, now: float | None = None
+        self, limits: Sequence[Limit] | LimitPlan, *, tokens: int, cost: float, now: float | None = None
     ) -> Decision:
         t = time.time() if now is None else now
         self._sweep(t)
-        slots = [plan(limit, tokens=tokens, cost=cost, now=t) for limit in limits]
+        lp = as_plan(limits)
+        slots, amounts = lp.slots(t), lp.amounts(tokens, cost)
         stored = [self._get(s.key, t) for s in slots]
-        refused = first_refusal(slots, stored)
+        refused = first_refusal(slots, stored, amounts)
         if refused is None:
-            for s in slots:
-                self._values[s.key] = self._values.get(s.key, 0) + s.amount
-                self._expires[s.key] = t + s.ttl
-        return decide(limits, slots, stored, refused, t)
+            values, expires = self._values, self._expires
+            for s, amount in zip(slots, amounts, strict=True):
+                values[s.key] = values.get(s.key, 0) + amount
+                expires[s.key] = t + s.ttl
+        return decide(lp, slots, stored, amounts, refused, t)
 
     def _adjust(self, deltas: list[tuple[str, int]]) -> None:
         for key, delta in deltas:
@@ -387,7 +447,7 @@ class MemoryCounters(Counters):
 
     async def usage(self, limits: Sequence[Limit], now: float | None = None) -> list[LimitUsage]:
         t = time.time() if now is None else now
-        slots = [plan(limit, tokens=0, cost=0.0, now=t) for limit in limits]
+        slots = [plan(limit, now=t) for limit in limits]
         return [usage_of(limit, s, self._get(s.key, t)) for limit, s in zip(limits, slots, strict=True)]
 
     async def aclose(self) -> None:

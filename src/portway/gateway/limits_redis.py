@@ -30,8 +30,10 @@ from portway.gateway.limits import (
     Counters,
     Decision,
     Limit,
+    LimitPlan,
     LimitUsage,
     Reservation,
+    as_plan,
     decide,
     degraded_decision,
     plan,
@@ -219,20 +221,21 @@ class RedisCounters(Counters):
             )
 
     async def admit(
-        self, limits: Sequence[Limit], *, tokens: int, cost: float, now: float | None = None
+        self, limits: Sequence[Limit] | LimitPlan, *, tokens: int, cost: float, now: float | None = None
     ) -> Decision:
         t = time.time() if now is None else now
-        if not limits:
-            return decide(limits, [], [], None, t)
-        slots = [plan(limit, tokens=tokens, cost=cost, now=t) for limit in limits]
+        lp = as_plan(limits)
+        if not lp.limits:
+            return decide(lp, (), (), (), None, t)
+        slots, amounts = lp.slots(t), lp.amounts(tokens, cost)
         keys = [self._prefix + s.key for s in slots]
-        args = [v for s in slots for v in (s.amount, s.cap, s.ttl)]
+        args = [v for s, amount in zip(slots, amounts, strict=True) for v in (amount, s.cap, s.ttl)]
         reply = await self._call(lambda: self._admit_script(keys=keys, args=args))
         if reply is None:
-            return degraded_decision(limits, self._breaker.cooldown)
+            return degraded_decision(lp.limits, self._breaker.cooldown)
         refused = int(reply[0])
         stored = [int(v) for v in reply[1:]]
-        return decide(limits, slots, stored, refused - 1 if refused else None, t)
+        return decide(lp, slots, stored, amounts, refused - 1 if refused else None, t)
 
     async def _adjust(self, deltas: list[tuple[str, int]]) -> None:
         if not deltas:
@@ -256,7 +259,7 @@ class RedisCounters(Counters):
         t = time.time() if now is None else now
         if not limits:
             return []
-        slots = [plan(limit, tokens=0, cost=0.0, now=t) for limit in limits]
+        slots = [plan(limit, now=t) for limit in limits]
         keys = [self._prefix + s.key for s in slots]
         values = await self._call(lambda: self._redis.mget(keys))
         stored: list[int | None] = (

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from portway.config import LimitsConfig, LimitSpecConfig
 from portway.errors import ModelNotAllowed
 from portway.gateway.cost import Pricing
-from portway.gateway.limits import Counters, Limit, Reservation, raise_for
+from portway.gateway.limits import Counters, Limit, LimitPlan, Reservation, raise_for
 from portway.gateway.router import Target
 from portway.providers.base import Usage
 from portway.services.auth import LimitSpec, Principal
@@ -37,6 +37,34 @@ def _limits(scope: str, spec: LimitSpec) -> tuple[Limit, ...]:
     return tuple(limits_for(scope, spec))
 
 
+_NO_LIMITS = LimitPlan(())
+_MAX_PLANS = 16_384
+
+
+class _Plans:
+    """LimitPlans per caller, found by the identity of the Principal object (and the client IP).
+
+    A Principal lives as long as its key-cache entry (seconds), so an identity lookup hits for every
+    request in between, without hashing the frozen dataclass each time. Each entry holds its Principal:
+    an id() is not reused while its object is alive, so a hit is always the same caller.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[tuple[int, str | None], tuple[Principal, LimitPlan]] = {}
+
+    def get(self, principal: Principal, client_ip: str | None, build: Callable[[], list[Limit]]) -> LimitPlan:
+        key = (id(principal), client_ip)
+        hit = self._by_id.get(key)
+        if hit is not None and hit[0] is principal:
+            return hit[1]
+        if len(self._by_id) >= _MAX_PLANS:
+            self._by_id.clear()  # callers come back with new Principal objects anyway: start over
+        found = build()
+        lp = LimitPlan(found) if found else _NO_LIMITS
+        self._by_id[key] = (principal, lp)
+        return lp
+
+
 def _spec(cfg: LimitSpecConfig) -> LimitSpec | None:
     spec = LimitSpec(cfg.rpm, cfg.tpm, cfg.daily_requests, cfg.budget_usd, cfg.budget_period)
     return None if spec == LimitSpec(budget_period=spec.budget_period) else spec
@@ -49,6 +77,7 @@ class Admission:
         self.default_completion = cfg.default_completion_tokens
         self.per_ip = _spec(cfg.per_ip)
         self.per_user = _spec(cfg.per_user)
+        self._plans = _Plans()
 
     def check_models(self, principal: Principal, names: Sequence[str]) -> None:
         allowed = principal.allowed_models
@@ -84,11 +113,12 @@ class Admission:
         body_bytes: int,
         plan: list[Target],
     ) -> Ticket:
-        limits = self.limits(principal, client_ip)
-        if not limits:
+        ip = client_ip if self.per_ip else None  # without per-IP limits one plan serves every address
+        limits = self._plans.get(principal, ip, lambda: self.limits(principal, ip))
+        if not limits.limits:
             return Ticket()
         prompt, answer = self.estimate_tokens(payload, body_bytes)
-        cost = self.pricing.estimate((t.id for t in plan), prompt, answer)
+        cost = self.pricing.estimate([t.id for t in plan], prompt, answer)
         decision = await self.counters.admit(limits, tokens=prompt + answer, cost=cost)
         raise_for(decision)
         return Ticket(decision.reservation, decision.headers)

@@ -164,10 +164,7 @@ class Identity:
 
     # -- authentication (hot path) -----------------------------------------------------------------------
 
-    async def _lookup_key(self, key_hash: str) -> _KeyEntry | None:
-        hit, entry = self._keys.get(key_hash, time.monotonic())
-        if hit:
-            return entry
+    async def _load_shared(self, key_hash: str) -> _KeyEntry | None:
         # Single flight: when a busy key's cache entry expires, the requests in flight share one query
         # instead of each running its own (a thundering herd under many concurrent streams).
         load = self._key_loads.get(key_hash)
@@ -185,7 +182,10 @@ class Identity:
         return entry
 
     async def resolve_key(self, token: str) -> Principal:
-        entry = await self._lookup_key(self.hasher.hash(token))
+        key_hash = self.hasher.hash(token)
+        hit, entry = self._keys.get(key_hash, time.monotonic())
+        if not hit:
+            entry = await self._load_shared(key_hash)
         if entry is None:
             raise InvalidApiKey(_BAD_KEY)
         key, now = entry.key, time.time()

@@ -59,7 +59,7 @@ class KeyHasher:
         self._key = derive_key(secret, "virtual-key-hash/v1")
 
     def hash(self, api_key: str) -> str:
-        return hmac.new(self._key, api_key.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, api_key.encode(), "sha256").hex()  # one-shot: about 3x hmac.new
 
 
 def _xor_stream(key: bytes, nonce: bytes, data: bytes) -> bytes:
