@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 
 from portway.providers.base import (
@@ -25,7 +24,7 @@ from portway.providers.base import (
     Usage,
 )
 from portway.providers.sse import EventSplitter, event_data
-from portway.transport import Transport, WireRequest
+from portway.transport import ConnectionFailed, ProtocolError, Response, Transport, WireRequest
 
 # Fields that steer the gateway itself and must not reach an upstream.
 GATEWAY_ONLY_FIELDS = frozenset({"models"})
@@ -158,11 +157,9 @@ class OpenAICompatProvider:
             return await self._open_stream(req, call, timeout, injected)
         except TimeoutError:
             raise UpstreamFailure(FailureKind.TIMEOUT, f"no answer within {timeout:g}s") from None
-        except aiohttp.ClientResponseError as exc:
-            raise UpstreamFailure(
-                FailureKind.BAD_RESPONSE, f"malformed upstream response ({exc.status})"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except ProtocolError:
+            raise UpstreamFailure(FailureKind.BAD_RESPONSE, "malformed upstream response") from None
+        except (ConnectionFailed, OSError) as exc:
             raise UpstreamFailure(
                 FailureKind.CONNECTION, f"connection failed: {type(exc).__name__}"
             ) from None
@@ -178,7 +175,7 @@ class OpenAICompatProvider:
     async def _open_stream(
         self, req: WireRequest, call: ChatCall, timeout: float, injected: bool
     ) -> ChatStream:
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         try:
             async with asyncio.timeout(timeout):
                 resp = await self.transport.send(req, read_timeout=call.idle_timeout)
@@ -193,11 +190,11 @@ class OpenAICompatProvider:
         return HttpChatStream(resp, splitter, first, strip_usage=injected, model=call.model)
 
 
-async def _first_events(resp: aiohttp.ClientResponse, splitter: EventSplitter) -> list[bytes]:
+async def _first_events(resp: Response, splitter: EventSplitter) -> list[bytes]:
     """Read until one whole event is in: only then is the stream committed to this upstream."""
     first: list[bytes] = []
     while not first:
-        chunk = await resp.content.readany()
+        chunk = await resp.readany()
         if not chunk:
             raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream stream ended before any event")
         first = splitter.feed(chunk)
@@ -213,7 +210,7 @@ class HttpChatStream:
 
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         splitter: EventSplitter,
         first: list[bytes],
         *,
@@ -238,10 +235,12 @@ class HttpChatStream:
                     yield event
             while not self._done:
                 try:
-                    chunk = await self._resp.content.readany()
+                    chunk = await self._resp.readany()
                 except TimeoutError:
                     raise UpstreamFailure(FailureKind.TIMEOUT, "upstream stream stalled") from None
-                except (aiohttp.ClientError, OSError):
+                except ProtocolError:
+                    raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream stream was malformed") from None
+                except (ConnectionFailed, OSError):
                     raise UpstreamFailure(FailureKind.CONNECTION, "upstream stream broke off") from None
                 if not chunk:
                     raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream stream ended before [DONE]")
