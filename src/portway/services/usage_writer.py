@@ -19,8 +19,10 @@ log = logging.getLogger("portway.usage")
 
 class UsageWriter:
     def __init__(
-        self, sink: UsageSink, *, max_queue: int = 50_000, batch_size: int = 500, interval: float = 0.2
+        self, sink: UsageSink, *, max_queue: int = 50_000, batch_size: int = 100, interval: float = 0.2
     ) -> None:
+        # Batches of 100: each write is a burst of database CPU beside the event loop, and on a busy host
+        # a burst of 500 rows showed up as ~1 ms in the c=1 latency p99; 100 keep the bursts short.
         self.sink = sink
         self.batch_size = batch_size
         self.interval = interval
