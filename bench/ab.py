@@ -23,7 +23,8 @@ from typing import Any
 
 from bench import deps, pyspy, servers
 from bench.procs import Server, raise_nofile
-from bench.scenarios import BODY
+from bench.scenarios import BODY, STREAM_BODY
+from bench.stream_client import run_streams
 from bench.wrk import run_wrk
 
 VARIANTS = {
@@ -48,6 +49,18 @@ def _portway(tmp: Path, name: str, up_port: int, live: list[Server]) -> tuple[st
     return pw.url + "/v1/chat/completions", auth, pw.server
 
 
+def _ttft(targets: dict[str, tuple[str, str, Server]], up_port: int, rounds: int) -> None:
+    """Streaming TTFT, 4 streams at a time (as `make bench` measures it), direct upstream included."""
+    stream = "/stream/v1/chat/completions"
+    urls = {"direct": (f"http://127.0.0.1:{up_port}{stream}", "")}
+    for name, (url, auth, _) in targets.items():
+        urls[name] = (url.replace("/v1/chat/completions", stream) if name == "forwarder" else url, auth)
+    for name, (url, auth) in urls.items():
+        s = run_streams(url, STREAM_BODY, auth=auth, concurrency=4, rounds=rounds)
+        ttft = s.ttft_ms
+        print(f"{name:10} TTFT p50 {ttft['p50']:.2f} ms  p90 {ttft['p90']:.2f} ms  ok {s.streams_ok}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -55,6 +68,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="default: full")
     parser.add_argument("--profile", type=int, default=0, help="seconds of py-spy on the first variant")
+    parser.add_argument("--ttft", type=int, default=0, help="rounds of 4 concurrent streams: TTFT per target")
     args = parser.parse_args()
     deps.ensure_debian_packages(print)
     raise_nofile()
@@ -70,6 +84,9 @@ def main() -> None:
         targets = {"forwarder": (f"http://127.0.0.1:{fwd_port}/v1/chat/completions", "", fwd)}
         for name in args.variant or ["full"]:
             targets[name] = _portway(tmp, name, up_port, live)
+        if args.ttft:
+            _ttft(targets, up_port, args.ttft)
+            return
         rps: dict[str, list[float]] = {name: [] for name in targets}
         for url, auth, _ in targets.values():
             run_wrk(url, connections=args.connections, seconds=1, body=BODY, auth=auth)
