@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import deps, pyspy, servers
-from bench.procs import Server, raise_nofile
+from bench.procs import Server, free_port, raise_nofile
 from bench.scenarios import BODY, STREAM_BODY
 from bench.stream_client import run_streams
 from bench.wrk import run_wrk
@@ -49,10 +50,18 @@ def _portway(tmp: Path, name: str, up_port: int, live: list[Server]) -> tuple[st
     return pw.url + "/v1/chat/completions", auth, pw.server
 
 
-def _ttft(targets: dict[str, tuple[str, str, Server]], up_port: int, rounds: int) -> None:
-    """Streaming TTFT, 4 streams at a time (as `make bench` measures it), direct upstream included."""
+def _ttft(
+    targets: dict[str, tuple[str, str, Server]], up_port: int, rounds: int, tmp: Path, live: list[Server]
+) -> None:
+    """Streaming TTFT, 4 streams at a time (as `make bench` measures it), direct upstream and the uvicorn
+    floor (bench/floor.py: uvicorn answering the stream itself, no upstream hop) included."""
     stream = "/stream/v1/chat/completions"
-    urls = {"direct": (f"http://127.0.0.1:{up_port}{stream}", "")}
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.floor", "--port", str(port)]
+    floor = Server("floor", argv, tmp / "floor.log", f"http://127.0.0.1:{port}/health", cwd=servers.ROOT)
+    live.append(floor)
+    floor.start(30)
+    urls = {"direct": (f"http://127.0.0.1:{up_port}{stream}", ""), "floor": (f"http://127.0.0.1:{port}/", "")}
     for name, (url, auth, _) in targets.items():
         urls[name] = (url.replace("/v1/chat/completions", stream) if name == "forwarder" else url, auth)
     for name, (url, auth) in urls.items():
@@ -85,7 +94,7 @@ def main() -> None:
         for name in args.variant or ["full"]:
             targets[name] = _portway(tmp, name, up_port, live)
         if args.ttft:
-            _ttft(targets, up_port, args.ttft)
+            _ttft(targets, up_port, args.ttft, tmp, live)
             return
         rps: dict[str, list[float]] = {name: [] for name in targets}
         for url, auth, _ in targets.values():

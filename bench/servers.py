@@ -19,6 +19,7 @@ from bench.deps import ECHO_MODULE
 from bench.procs import Server, free_port
 
 NGINX_DIR = Path(__file__).resolve().parent / "nginx"
+ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 UPSTREAM_KEY = "sk-upstream-bench"
 MASTER_KEY = "sk-pw-bench-master-0123456789abcdef"
@@ -67,8 +68,7 @@ def forwarder(tmp: Path, upstream_port: int) -> tuple[Server, int]:
     port = free_port()
     argv = [sys.executable, "-m", "bench.forwarder", "--port", str(port)]
     argv += ["--upstream", f"http://127.0.0.1:{upstream_port}"]
-    cwd = Path(__file__).resolve().parent.parent
-    return Server("forwarder", argv, tmp / "forwarder.log", f"http://127.0.0.1:{port}/health", cwd=cwd), port
+    return Server("forwarder", argv, tmp / "forwarder.log", f"http://127.0.0.1:{port}/health", cwd=ROOT), port
 
 
 def portway_config(upstream_port: int, *, max_in_flight: int = 2048, local: bool = False) -> dict[str, Any]:

@@ -85,6 +85,7 @@ def serve(
         access_log=access_log,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
+        server_header=False,  # no "server: uvicorn" on every answer: it only tells scanners what runs here
     )
 
 

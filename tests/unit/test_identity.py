@@ -265,3 +265,12 @@ def test_ttl_cache_expiry_bound_and_invalidation() -> None:
     assert len(cache) == 3 and cache.get("a", 1) == (False, None)
     assert cache.drop_where(lambda v: v == 4) == 1
     assert cache.get("k4", 1) == (False, None)
+
+
+def test_key_hash_is_hmac_sha256_of_the_key_under_the_derived_secret() -> None:
+    # Stored hashes must stay valid across releases: the hash is pinned to its definition.
+    secret = b"s" * 32
+    expected = hmac.new(derive_key(secret, "virtual-key-hash/v1"), b"sk-pw-abc", hashlib.sha256).hexdigest()
+    hasher = KeyHasher(secret)
+    assert hasher.hash("sk-pw-abc") == expected == hasher.hash("sk-pw-abc")
+    assert hasher.hash("sk-pw-abd") != expected
