@@ -216,6 +216,15 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         )
     else:
         out.append(("RSS per worker", "≤ 100 MB", "not measured", None))
+    usage = _get(r, "soak", "usage")
+    out.append(
+        (
+            "a usage record for every answer (soak)",
+            "request-log rows = answers (+ ≤ 32 in flight at the end)",
+            f"{_fmt(usage['written'])} rows for {_fmt(usage['answered'])} answers" if usage else "not measured",
+            usage["complete"] if usage else None,
+        )
+    )
     p99 = _get(r, "overload", "probe", "refused_latency_ms", "p99")
     c50 = _get(r, "overload", "crowd", "refused_latency_ms", "p50")
     out.append(

@@ -151,7 +151,15 @@ class Run:
             )
             self.stop(pw.server)
         with self.step("soak"):
-            r["soak"] = scenarios.soak(by_name["portway_2w"], plan.soak_seconds, plan.rss_interval, log)
+            target = by_name["portway_2w"]
+            db = self.tmp / "portway_2w" / "data" / "portway.db"
+            before = scenarios.request_log_rows(db)
+            r["soak"] = soak = scenarios.soak(target, plan.soak_seconds, plan.rss_interval, log)
+            assert target.server is not None
+            self.stop(target.server)  # a graceful stop drains every worker's usage writer
+            answered = soak.get("wrk", {}).get("requests", 0)
+            soak["usage"] = check = scenarios.usage_check(before, scenarios.request_log_rows(db), answered, 32)
+            log(f"  usage records: {check['written']:,} written for {check['answered']:,} answered")
         self.stop_all()
         if plan.local:
             with self.step("local"):

@@ -3,6 +3,8 @@ this noisy machine hits every target alike)."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -170,6 +172,19 @@ def soak(target: Target, seconds: float, interval: float, log: Log) -> dict[str,
     if "error" in box:
         out["error"] = box["error"]
     return out
+
+
+def request_log_rows(db: Path) -> int:
+    """Rows in portway's request log (SQLite), read beside the running server (WAL allows it)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+        return int(conn.execute("SELECT count(*) FROM request_log").fetchone()[0])
+
+
+def usage_check(before: int, after: int, answered: int, connections: int) -> dict[str, Any]:
+    """Did every answered request leave a usage record? wrk counts answers it read; up to `connections`
+    requests were still in flight when it stopped, answered by the server and recorded but not counted."""
+    written = after - before
+    return {"answered": answered, "written": written, "complete": answered <= written <= answered + connections}
 
 
 def overload(target: Target, concurrency: int, seconds: float, log: Log) -> dict[str, Any]:

@@ -71,3 +71,27 @@ async def test_sqlite_sink_writes_every_field(tmp_path: Path) -> None:
 
 async def test_postgres_sink_writes_every_field(pg_url: str) -> None:  # noqa: F811
     assert await _roundtrip(pg_url) == _expected()
+
+
+async def test_sqlite_sink_writes_batches_of_every_size_exactly(tmp_path: Path) -> None:
+    """Rows go to SQLite several to a statement: full statements, a remainder, and both, all land once."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    try:
+        await db.migrate()
+        written: list[UsageRecord] = []
+        for size in (1, 32, 69, 200):
+            batch = [
+                UsageRecord(float(len(written) + i), f"r{len(written) + i}", "master", "m", "p", "m", 200, 1.5, i)
+                for i in range(size)
+            ]
+            await db.write_usage(batch)
+            written += batch
+        async with db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(request_log.c.request_id, request_log.c.prompt_tokens).order_by(request_log.c.id)
+                )
+            ).all()
+    finally:
+        await db.aclose()
+    assert [tuple(r) for r in rows] == [(r.request_id, r.prompt_tokens) for r in written]

@@ -87,3 +87,18 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval() -> Non
     assert len(sink.written) == 5
     await writer.aclose()
     assert sink.written[-1] == "r5"
+
+
+async def test_a_writer_that_fell_behind_catches_up_in_large_batches() -> None:
+    """When records pile up faster than the database takes them, each write takes up to max_batch of them:
+    fewer, larger transactions instead of falling further behind (and growing the process without end)."""
+    sink = Sink(delay=0.05)
+    writer = UsageWriter(sink, batch_size=10, max_batch=500, interval=0.01)
+    writer.start()
+    writer.submit(rec(0))
+    await asyncio.sleep(0.02)  # the first write is in progress: everything below piles up behind it
+    for i in range(1, 1000):
+        writer.submit(rec(i))
+    await writer.aclose()
+    assert sink.written == [f"r{i}" for i in range(1000)]
+    assert sink.calls <= 5  # batches of 10 would have taken 100 writes
