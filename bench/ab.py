@@ -34,6 +34,8 @@ VARIANTS = {
     "keyonly": ("key", False),  # a virtual key without limits: auth by key hash, nothing to count
     "master": ("master", True),
     "bare": ("master", False),
+    "full-uvicorn": ("limits", True),  # `full` on uvicorn's httptools protocol (PORTWAY_HTTP=httptools)
+    "bare-uvicorn": ("master", False),
 }
 
 
@@ -41,7 +43,8 @@ def _portway(tmp: Path, name: str, up_port: int, live: list[Server]) -> tuple[st
     how, request_log = VARIANTS[name]
     cfg: dict[str, Any] = servers.portway_config(up_port)
     cfg["server"]["request_log"] = request_log
-    pw = servers.portway(tmp, f"portway_{name}", cfg, workers=1)
+    env = {"PORTWAY_HTTP": "httptools"} if name.endswith("-uvicorn") else {}
+    pw = servers.portway(tmp, f"portway_{name}", cfg, workers=1, env=env)
     live.append(pw.server)
     pw.server.start(60)
     auth = servers.MASTER_KEY

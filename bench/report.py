@@ -221,7 +221,9 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         (
             "a usage record for every answer (soak)",
             "request-log rows = answers (+ ≤ 32 in flight at the end)",
-            f"{_fmt(usage['written'])} rows for {_fmt(usage['answered'])} answers" if usage else "not measured",
+            f"{_fmt(usage['written'])} rows for {_fmt(usage['answered'])} answers"
+            if usage
+            else "not measured",
             usage["complete"] if usage else None,
         )
     )

@@ -158,7 +158,9 @@ class Run:
             assert target.server is not None
             self.stop(target.server)  # a graceful stop drains every worker's usage writer
             answered = soak.get("wrk", {}).get("requests", 0)
-            soak["usage"] = check = scenarios.usage_check(before, scenarios.request_log_rows(db), answered, 32)
+            soak["usage"] = check = scenarios.usage_check(
+                before, scenarios.request_log_rows(db), answered, 32
+            )
             log(f"  usage records: {check['written']:,} written for {check['answered']:,} answered")
         self.stop_all()
         if plan.local:

@@ -184,7 +184,11 @@ def usage_check(before: int, after: int, answered: int, connections: int) -> dic
     """Did every answered request leave a usage record? wrk counts answers it read; up to `connections`
     requests were still in flight when it stopped, answered by the server and recorded but not counted."""
     written = after - before
-    return {"answered": answered, "written": written, "complete": answered <= written <= answered + connections}
+    return {
+        "answered": answered,
+        "written": written,
+        "complete": answered <= written <= answered + connections,
+    }
 
 
 def overload(target: Target, concurrency: int, seconds: float, log: Log) -> dict[str, Any]:

@@ -95,12 +95,15 @@ class Portway:
     url: str
 
 
-def portway(tmp: Path, name: str, cfg: dict[str, Any], *, workers: int = 1) -> Portway:
+def portway(
+    tmp: Path, name: str, cfg: dict[str, Any], *, workers: int = 1, env: dict[str, str] | None = None
+) -> Portway:
     home = tmp / name
     home.mkdir(parents=True, exist_ok=True)
     config = home / "gateway.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     port = free_port()
+    extra = env or {}
     env = {
         **os.environ,
         "PORTWAY_DATA_DIR": str(home / "data"),
@@ -115,6 +118,7 @@ def portway(tmp: Path, name: str, cfg: dict[str, Any], *, workers: int = 1) -> P
         "PORTWAY_PORT",
     ):
         env.pop(var, None)
+    env.update(extra)
     argv = [str(VENV_BIN / "portway"), "serve", "--config", str(config), "--port", str(port)]
     argv += ["--workers", str(workers)]
     srv = Server(name, argv, tmp / f"{name}.log", f"http://127.0.0.1:{port}/health", env=env, cwd=home)

@@ -65,6 +65,8 @@ def serve(
     """Serve the gateway."""
     import uvicorn
 
+    from portway.http_server import HttpProtocol
+
     # Workers are separate processes that build their own Settings from the environment: pass options there.
     for name, value in (("CONFIG", config), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
@@ -86,6 +88,9 @@ def serve(
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
         server_header=False,  # no "server: uvicorn" on every answer: it only tells scanners what runs here
+        http=HttpProtocol if settings.http == "portway" else settings.http,  # see http_server.py
+        ws="none",  # no websocket routes: do not import a websocket library into every worker
+        lifespan="on",
     )
 
 

@@ -48,6 +48,12 @@ class ValidationError(PortwayError):
     code = "validation_error"
 
 
+class BadHttpRequest(PortwayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_http_request"
+
+
 class PayloadTooLarge(PortwayError):
     status = 413
     type = "invalid_request_error"

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_timeout: float = Field(default=0.1, gt=0)  # seconds per Redis operation before failing open/closed
     log_level: str = "info"
+    # The HTTP/1.1 protocol: portway's own (http_server.py), or uvicorn's ("httptools", "h11") as a fallback.
+    http: Literal["portway", "httptools", "h11"] = "portway"
     secret_key: SecretStr | None = (
         None  # hashes virtual keys, seals rotating keys; else <data_dir>/secret.key
     )

@@ -81,7 +81,9 @@ async def test_sqlite_sink_writes_batches_of_every_size_exactly(tmp_path: Path) 
         written: list[UsageRecord] = []
         for size in (1, 32, 69, 200):
             batch = [
-                UsageRecord(float(len(written) + i), f"r{len(written) + i}", "master", "m", "p", "m", 200, 1.5, i)
+                UsageRecord(
+                    float(len(written) + i), f"r{len(written) + i}", "master", "m", "p", "m", 200, 1.5, i
+                )
                 for i in range(size)
             ]
             await db.write_usage(batch)
@@ -89,7 +91,9 @@ async def test_sqlite_sink_writes_batches_of_every_size_exactly(tmp_path: Path) 
         async with db.engine.connect() as conn:
             rows = (
                 await conn.execute(
-                    sa.select(request_log.c.request_id, request_log.c.prompt_tokens).order_by(request_log.c.id)
+                    sa.select(request_log.c.request_id, request_log.c.prompt_tokens).order_by(
+                        request_log.c.id
+                    )
                 )
             ).all()
     finally:

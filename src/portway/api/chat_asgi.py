@@ -95,7 +95,7 @@ class ChatCompletionsApp:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         else:
-            await _stream(reply.stream, receive, send, [*_SSE, *headers])
+            await _stream(scope, reply.stream, receive, send, [*_SSE, *headers])
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[ChatReply, list[tuple[bytes, bytes]]]:
         started = time.monotonic()
@@ -122,21 +122,32 @@ class ChatCompletionsApp:
         return reply, headers
 
 
-async def _stream(events: AsyncIterator[bytes], receive: Receive, send: Send, headers: list[Any]) -> None:
+async def _stream(
+    scope: Scope, events: AsyncIterator[bytes], receive: Receive, send: Send, headers: list[Any]
+) -> None:
     """Send events as they come; a client disconnect cancels the pump (and with it the upstream call)."""
     pump = asyncio.current_task()
     assert pump is not None
     gone = False
 
-    async def watch() -> None:
+    def leave() -> None:
         nonlocal gone
-        message: Message = {"type": ""}
-        while message["type"] != "http.disconnect":
-            message = await receive()
         gone = True
         pump.cancel()
 
-    watcher = asyncio.create_task(watch())
+    async def watch() -> None:
+        message: Message = {"type": ""}
+        while message["type"] != "http.disconnect":
+            message = await receive()
+        leave()
+
+    # portway's own server calls back on a disconnect; under any other ASGI server a task waits for it.
+    on_disconnect = scope.get("extensions", {}).get("portway.on_disconnect")
+    watcher = None
+    if on_disconnect is not None:
+        on_disconnect(leave)
+    else:
+        watcher = asyncio.create_task(watch())
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         async for event in events:
@@ -147,7 +158,8 @@ async def _stream(events: AsyncIterator[bytes], receive: Receive, send: Send, he
             raise
         pump.uncancel()  # our own cancellation: the client left, which is not an error of ours
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
         await events.aclose()  # type: ignore[attr-defined]
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import operator
-from itertools import chain
 from dataclasses import fields
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
