@@ -7,7 +7,8 @@
 Variants (each its own 1-worker portway, same nginx upstream): `full` (virtual key with limits, request
 log on: what `make bench` measures), `nolog` (the same, `server.request_log: false`), `keyonly` (a virtual
 key without limits, no request log), `master` (master key: no limits), `bare` (master key, no request log).
-Prints req/s per round and the median ratio to the forwarder. Not a substitute for `make bench` (no
+Prints req/s per round, the median ratio to the forwarder, and each server's CPU time per request (its
+worker processes' user + system time over the requests wrk counted: steadier than req/s on a shared machine). Not a substitute for `make bench` (no
 streams, soak or c=1 tail): a way to see in a minute whether a change moved c=32, on a machine where
 absolute figures drift between runs.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import deps, pyspy, servers
-from bench.procs import Server, free_port, raise_nofile
+from bench.procs import Server, cpu_seconds, free_port, raise_nofile
 from bench.scenarios import BODY, STREAM_BODY
 from bench.stream_client import run_streams
 from bench.wrk import run_wrk
@@ -73,6 +74,11 @@ def _ttft(
         print(f"{name:10} TTFT p50 {ttft['p50']:.2f} ms  p90 {ttft['p90']:.2f} ms  ok {s.streams_ok}")
 
 
+def _cpu(server: Server) -> float:
+    """CPU seconds of a server's worker processes (all their threads): steadier than req/s here."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in server.workers())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -100,20 +106,27 @@ def main() -> None:
             _ttft(targets, up_port, args.ttft, tmp, live)
             return
         rps: dict[str, list[float]] = {name: [] for name in targets}
+        cpu: dict[str, list[float]] = {name: [] for name in targets}
         for url, auth, _ in targets.values():
             run_wrk(url, connections=args.connections, seconds=1, body=BODY, auth=auth)
         for i in range(args.rounds):
-            for name, (url, auth, _) in targets.items():
+            for name, (url, auth, server) in targets.items():
+                before = _cpu(server)
                 r = run_wrk(url, connections=args.connections, seconds=args.seconds, body=BODY, auth=auth)
                 rps[name].append(r.rps)
+                cpu[name].append((_cpu(server) - before) / max(1, r.requests) * 1e6)
                 print(
-                    f"round {i + 1} {name:10} {r.rps:9,.0f} req/s  p99 {r.latency_ms['p99']:.2f} ms",
+                    f"round {i + 1} {name:12} {r.rps:9,.0f} req/s  p99 {r.latency_ms['p99']:.2f} ms  "
+                    f"CPU {cpu[name][-1]:.0f} us/req",
                     flush=True,
                 )
         base = statistics.median(rps["forwarder"])
         for name, values in rps.items():
             med = statistics.median(values)
-            print(f"{name:10} median {med:9,.0f} req/s  = {med / base:.3f} x forwarder")
+            print(
+                f"{name:12} median {med:9,.0f} req/s  = {med / base:.3f} x forwarder; "
+                f"CPU {statistics.median(cpu[name]):.0f} us/req"
+            )
         if args.profile:
             name = (args.variant or ["full"])[0]
             url, auth, server = targets[name]

@@ -121,13 +121,16 @@ class Transport:
         lines += [f"{_clean(k)}: {_clean(v)}" for k, v in req.headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    async def _connect(self, target: _Target, pool: _Pool) -> Connection:
+    async def _connect(self, target: _Target, pool: _Pool, deadline: float | None) -> Connection:
         scheme, host, port = target.origin
         loop = asyncio.get_running_loop()
         if scheme == "https" and self._ssl is None:
             self._ssl = ssl.create_default_context()
+        limit = self._connect_timeout
+        if deadline is not None:
+            limit = max(0.0, min(limit, deadline - loop.time()))
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(limit):
                 transport, conn = await loop.create_connection(
                     lambda: Connection(loop, pool),
                     host,
@@ -144,19 +147,24 @@ class Transport:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
-    async def send(self, req: WireRequest, *, read_timeout: float | None = None) -> Response:
+    async def send(
+        self, req: WireRequest, *, timeout: float | None = None, read_timeout: float | None = None
+    ) -> Response:
         """Send and return once the response headers are in; the caller reads (or releases) the body.
 
-        Raises ConnectionFailed, ProtocolError, or TimeoutError (from the caller's own deadline or
-        `read_timeout`). The Response must be released or closed, also on error paths.
+        `timeout`: seconds for the whole answer, connecting included (lifted by `Response.clear_deadline`,
+        e.g. once a stream is committed); `read_timeout`: the longest gap between two arrivals of body.
+        Raises ConnectionFailed, ProtocolError, or TimeoutError. The Response must be released or closed,
+        also on error paths.
         """
         target = self._target(req.url)
         pool = self._pools.get(target.origin)
         if pool is None:
             pool = self._pools[target.origin] = _Pool(self._keepalive)
         head = self._head(req, target)
-        conn = pool.get(time.monotonic()) or await self._connect(target, pool)
-        response = conn.request(head, req.body, read_timeout)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        conn = pool.get(time.monotonic()) or await self._connect(target, pool, deadline)
+        response = conn.request(head, req.body, read_timeout, deadline)
         try:
             return await response.start()
         except BaseException:

@@ -234,6 +234,54 @@ async def test_read_timeout_fires_on_a_stalled_stream_not_on_a_slow_reader(serve
     await t.aclose()
 
 
+async def test_timeout_bounds_the_whole_answer(server: RawServer) -> None:
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    async def head_then_stall(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(5)
+        return False
+
+    server.handlers += [silent, head_then_stall]
+    t = Transport()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await t.send(req(server), timeout=0.3)  # no status line at all
+    assert 0.25 < loop.time() - started < 2
+    started = loop.time()
+    r = await t.send(req(server), timeout=0.3)
+    with pytest.raises(TimeoutError):
+        await r.read()  # headers came, the body stalls: the same deadline still holds
+    assert 0.25 < loop.time() - started < 2
+    r.close()
+    await t.aclose()
+
+
+async def test_cleared_deadline_leaves_only_the_idle_timeout(server: RawServer) -> None:
+    async def slow_stream(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        for _ in range(4):
+            await writer.drain()
+            await asyncio.sleep(0.15)  # the stream outlives the deadline, each gap under the idle timeout
+            writer.write(b"1\r\nb\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    server.handlers.append(slow_stream)
+    t = Transport()
+    r = await t.send(req(server), timeout=0.2, read_timeout=0.5)
+    assert await r.readany() == b"a"
+    r.clear_deadline()  # committed: from here on only gaps count
+    assert await r.read() == b"bbbb"
+    r.release()
+    await t.aclose()
+
+
 async def test_header_values_cannot_inject_lines(server: RawServer) -> None:
     t = Transport()
     with pytest.raises(ValueError):

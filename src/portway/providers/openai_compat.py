@@ -6,7 +6,6 @@ payload tests; `chat()` drives it over the shared Transport. Subclasses change t
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator
@@ -165,11 +164,10 @@ class OpenAICompatProvider:
             ) from None
 
     async def _complete(self, req: WireRequest, call: ChatCall, timeout: float) -> Completion:
-        async with asyncio.timeout(timeout):
-            async with await self.transport.send(req) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise self.classify_error(resp.status, resp.headers, body, call.key)
+        async with await self.transport.send(req, timeout=timeout) as resp:
+            body = await resp.read()
+            if resp.status >= 400:
+                raise self.classify_error(resp.status, resp.headers, body, call.key)
         return self.parse_chat_response(body, call.model)
 
     async def _open_stream(
@@ -177,12 +175,14 @@ class OpenAICompatProvider:
     ) -> ChatStream:
         resp: Response | None = None
         try:
-            async with asyncio.timeout(timeout):
-                resp = await self.transport.send(req, read_timeout=call.idle_timeout)
-                if resp.status >= 400:
-                    raise self.classify_error(resp.status, resp.headers, await resp.read(), call.key)
-                splitter = EventSplitter()
-                first = await _first_events(resp, splitter)
+            # `timeout` (the first-byte timeout) covers the answer up to its first whole event; after that
+            # the stream is committed and only the idle timeout between arrivals applies.
+            resp = await self.transport.send(req, timeout=timeout, read_timeout=call.idle_timeout)
+            if resp.status >= 400:
+                raise self.classify_error(resp.status, resp.headers, await resp.read(), call.key)
+            splitter = EventSplitter()
+            first = await _first_events(resp, splitter)
+            resp.clear_deadline()
         except BaseException:
             if resp is not None:
                 resp.close()
