@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -18,6 +19,7 @@ from portway.gateway.limits import (
     MemoryCounters,
     Reservation,
     degraded_decision,
+    first_refusal,
     format_reset,
     plan,
     raise_for,
@@ -331,7 +333,7 @@ async def test_old_windows_are_dropped_lazily(counters: MemoryCounters) -> None:
     limits = [rpm("ip:1.2.3.4", 5), tpm("ip:1.2.3.4", 100)]
     for minute in range(10):
         await counters.admit(limits, tokens=1, cost=0.0, now=NOON + 60 * minute)
-    assert len(counters._values) <= 6  # only windows younger than their 120 s TTL survive a sweep
+    assert len(counters._counters) <= 6  # only windows younger than their 120 s TTL survive a sweep
 
 
 def test_breaker_opens_after_threshold_and_lets_one_probe_through_after_cooldown() -> None:
@@ -351,3 +353,191 @@ def test_breaker_opens_after_threshold_and_lets_one_probe_through_after_cooldown
     assert b.allow()
     b.succeeded()
     assert not b.is_open and b.allow()
+
+
+# --- The fast paths (precomputed plan facts, unique-key checks, header building) behave as before. ---
+
+
+def _reference_format_reset(seconds: float) -> str:
+    """format_reset as first written (plain float formatting); the faster one must match it byte for byte."""
+    ms = round(max(0.0, seconds) * 1000)
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    if minutes:
+        return f"{minutes}m{secs}"
+    return secs
+
+
+def test_format_reset_matches_the_reference_for_every_millisecond_of_a_window_and_beyond() -> None:
+    millis = [*range(0, 61_000), *range(61_000, 8 * 3_600_000, 9_973)]
+    for ms in millis:
+        for seconds in (ms / 1000, ms / 1000 + 0.0004, ms / 1000 - 0.0004, ms / 1000 + 0.0005):
+            assert format_reset(seconds) == _reference_format_reset(seconds), seconds
+    for seconds in (float("nan"), -0.0, float("-inf"), 1e-9, 0.0025, 59.9995, 3600.0, 86_400.5):
+        assert format_reset(seconds) == _reference_format_reset(seconds), seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(59.9994, "59.999s"), (59.9996, "1m0s"), (60.001, "1m0.001s"), (7200, "2h0m0s"), (0.0004, "0s")],
+)
+def test_format_reset_edges(seconds: float, text: str) -> None:
+    assert format_reset(seconds) == text
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5])  # itemgetter returns a bare item for one index: cover 0, 1, many
+def test_amounts_take_a_request_the_tokens_or_the_micro_usd_per_slot(n: int) -> None:
+    kinds = [LimitKind.TPM, LimitKind.RPM, LimitKind.BUDGET, LimitKind.DAILY_REQUESTS, LimitKind.TPM][:n]
+    lp = LimitPlan([Limit("key:k", k, 10, "daily" if k is LimitKind.BUDGET else "") for k in kinds])
+    by_kind = {LimitKind.TPM: 120, LimitKind.RPM: 1, LimitKind.BUDGET: 250_000, LimitKind.DAILY_REQUESTS: 1}
+    assert lp.amounts(120, 0.25) == tuple(by_kind[k] for k in kinds)
+    # Negative tokens and NaN or negative costs take nothing; micro-USD round half to even like round().
+    never = {LimitKind.TPM: 0, LimitKind.RPM: 1, LimitKind.BUDGET: 0, LimitKind.DAILY_REQUESTS: 1}
+    assert lp.amounts(-5, math.nan) == tuple(never[k] for k in kinds)
+    assert lp.amounts(-5, -1.0) == tuple(never[k] for k in kinds)
+    half = {LimitKind.TPM: 7, LimitKind.RPM: 1, LimitKind.BUDGET: 2, LimitKind.DAILY_REQUESTS: 1}
+    assert lp.amounts(7, 0.0000025) == tuple(half[k] for k in kinds)
+
+
+def test_limit_plan_knows_when_limits_share_a_counter() -> None:
+    def shared(*limits: Limit) -> bool:
+        return LimitPlan(limits).shared
+
+    assert not shared()
+    assert not shared(rpm("key:k", 1), tpm("key:k", 1), Limit("key:k", LimitKind.DAILY_REQUESTS, 1))
+    assert not shared(rpm("key:k", 1), rpm("user:k", 1), rpm("key:k2", 1))
+    assert not shared(budget("key:k", 1, "daily"), budget("key:k", 1, "monthly"), budget("key:k", 1, "total"))
+    assert shared(rpm("key:k", 1), tpm("key:k", 5), rpm("key:k", 2))
+    assert shared(budget("user:u", 1, "monthly"), budget("user:u", 2, "monthly"))
+    # Decided once, from keys of one moment: it must agree with the keys of any other moment.
+    rng = random.Random(7)
+    pool = [rpm("key:k", 1), rpm("ip:a:b", 1), tpm("key:k", 1), Limit("key:k", LimitKind.DAILY_REQUESTS, 1)]
+    pool += [budget("key:k", 1, p) for p in ("daily", "monthly", "total")]
+    for _ in range(200):
+        lp = LimitPlan(rng.choices(pool, k=rng.randint(1, 4)))
+        for now in (NOON, ts(2024, 12, 31, 23, 59, 59), ts(2031, 1, 1)):
+            assert lp.shared == (len({s.key for s in lp.slots(now)}) < len(lp))
+
+
+def test_first_refusal_without_shared_keys_matches_the_general_check() -> None:
+    limits = [
+        rpm("ip:x", 3),
+        tpm("key:k", 100),
+        Limit("key:k", LimitKind.DAILY_REQUESTS, 2),
+        budget("u:u", 1, "daily"),
+    ]
+    fast, general = LimitPlan(limits), LimitPlan(limits)
+    general.shared = True  # the same slots, checked the way slots sharing keys are
+    assert not fast.shared
+    slots = fast.slots(NOON)
+    rng = random.Random(11)
+    refusals = set()
+    for _ in range(2000):
+        stored = [rng.randint(0, slot.cap + 1) for slot in slots]
+        amounts = [rng.choice([0, 1, slot.cap // 2, slot.cap]) for slot in slots]
+        found = first_refusal(fast, slots, stored, amounts)
+        assert found == first_refusal(general, slots, stored, amounts)
+        refusals.add(found)
+    assert refusals == {None, 0, 1, 2, 3}
+
+
+async def test_limits_sharing_a_counter_see_what_earlier_ones_take(counters: MemoryCounters) -> None:
+    # Two RPM limits of 3 on one counter: each admission takes 2 from it, so the second must be refused
+    # by the second limit (2 + 1 taken by the first slot leaves no room). A check that ignored the
+    # earlier slot's take would admit it and push the counter to 4.
+    limits = [rpm("key:k", 3), rpm("key:k", 3), tpm("key:k", 100), tpm("key:k", 150)]
+    assert LimitPlan(limits).shared
+    first = await counters.admit(limits, tokens=40, cost=0.0, now=NOON)
+    assert first.allowed
+    assert [(h.key, h.amount) for h in first.reservation.held] == [(f"tpm:{int(NOON) - 30}:key:k", 40)] * 2
+    assert first.headers == {
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": "1",
+        "x-ratelimit-reset-requests": "30s",
+        "x-ratelimit-limit-tokens": "100",
+        "x-ratelimit-remaining-tokens": "60",
+        "x-ratelimit-reset-tokens": "30s",
+    }
+    assert [await used(counters, lim) for lim in limits] == [2, 2, 80, 80]
+    second = await counters.admit(limits, tokens=40, cost=0.0, now=NOON)
+    assert not second.allowed
+    assert second.denied is limits[1]
+    assert second.headers["x-ratelimit-remaining-tokens"] == "20"
+    assert [await used(counters, lim) for lim in limits] == [2, 2, 80, 80]
+    # Both held entries point at the same counter: settling swaps each estimate for the real usage.
+    await counters.settle(first.reservation, tokens=10, cost=0.0)
+    assert await used(counters, limits[2]) == 20
+    await counters.release(first.reservation)  # after a settle: keeps the real usage
+    assert await used(counters, limits[2]) == 20
+
+
+async def test_headers_for_a_mix_of_limits_are_as_before(counters: MemoryCounters) -> None:
+    # Expected values recorded from the implementation before the fast paths were added.
+    limits = [
+        rpm("ip:1.2.3.4", 5),
+        rpm("key:k1", 3),
+        tpm("key:k1", 1000),
+        tpm("user:u1", 900),
+        Limit("key:k1", LimitKind.DAILY_REQUESTS, 10),
+        budget("user:u1", 1.0, "monthly"),
+        rpm("user:u1", 3),
+    ]
+    lp = LimitPlan(limits)
+
+    def headers(requests: str, tokens: str, reset: str) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": "3",
+            "x-ratelimit-remaining-requests": requests,
+            "x-ratelimit-reset-requests": reset,
+            "x-ratelimit-limit-tokens": "900",
+            "x-ratelimit-remaining-tokens": tokens,
+            "x-ratelimit-reset-tokens": reset,
+        }
+
+    window = int(NOON) - 30
+    d = await counters.admit(lp, tokens=400, cost=0.1, now=NOON)
+    assert (d.allowed, d.headers) == (True, headers("2", "500", "30s"))
+    assert [(h.key, h.kind, h.amount) for h in d.reservation.held] == [
+        (f"tpm:{window}:key:k1", LimitKind.TPM, 400),
+        (f"tpm:{window}:user:u1", LimitKind.TPM, 400),
+        ("usd:m202403:user:u1", LimitKind.BUDGET, 100_000),
+    ]
+    d = await counters.admit(lp, tokens=500, cost=0.1, now=NOON + 1.25)
+    assert (d.allowed, d.headers) == (True, headers("1", "0", "28.75s"))
+    for dt, reset in ((2.5, "27.5s"), (29.9996, "0s")):
+        d = await counters.admit(lp, tokens=0, cost=0.0, now=NOON + dt)
+        assert (d.allowed, d.denied, d.headers) == (False, limits[3], headers("1", "0", reset))
+        assert d.retry_after == pytest.approx(30 - dt, abs=1e-6)
+        assert d.reservation.held == []
+
+
+async def test_headers_break_ties_toward_the_smaller_limit(counters: MemoryCounters) -> None:
+    for limits in ([tpm("key:k", 1000), tpm("user:u", 900)], [tpm("user:u", 900), tpm("key:k", 1000)]):
+        c = MemoryCounters()
+        d = await c.admit(limits, tokens=100, cost=0.0, now=NOON)
+        await c.settle(d.reservation, tokens=5000, cost=0.0)  # both counters far over their limits
+        refused = await c.admit(limits, tokens=1, cost=0.0, now=NOON)
+        assert refused.denied is limits[0]
+        assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+        assert refused.headers["x-ratelimit-limit-tokens"] == "900"  # both have 0 left: the smaller limit
+
+
+async def test_an_expired_counter_reads_as_new_and_restarts(counters: MemoryCounters) -> None:
+    # A total budget's counter lives 400 days after its last admission; past that it starts over.
+    limit = budget("user:u1", 1.0, "total")
+    assert (await counters.admit([limit], tokens=0, cost=1.0, now=NOON)).allowed
+    day = 86_400
+    assert not (await counters.admit([limit], tokens=0, cost=0.5, now=NOON + 400 * day - 1)).allowed
+    fresh = await counters.admit([limit], tokens=0, cost=0.5, now=NOON + 400 * day)
+    assert fresh.allowed
+    assert await used(counters, limit, now=NOON + 400 * day) == 0.5
+    # ...and its new expiry counts from that admission.
+    assert await used(counters, limit, now=NOON + 799 * day) == 0.5
+    assert await used(counters, limit, now=NOON + 800 * day) == 0
