@@ -8,9 +8,9 @@ Variants (each its own 1-worker portway, same nginx upstream): `full` (virtual k
 log on: what `make bench` measures), `nolog` (the same, `server.request_log: false`), `keyonly` (a virtual
 key without limits, no request log), `master` (master key: no limits), `bare` (master key, no request log).
 Prints req/s per round, the median ratio to the forwarder, and each server's CPU time per request (its
-worker processes' user + system time over the requests wrk counted: steadier than req/s on a shared machine). Not a substitute for `make bench` (no
-streams, soak or c=1 tail): a way to see in a minute whether a change moved c=32, on a machine where
-absolute figures drift between runs.
+worker processes' user + system time over the requests wrk counted: steadier than req/s on a shared
+machine). Not a substitute for `make bench` (no streams, soak or c=1 tail): a way to see in a minute
+whether a change moved c=32, on a machine where absolute figures drift between runs.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 |---|---|---|
 | BENCH_QUICK | 0 | 1: a smoke run of about 2 minutes (short scenarios, 200 streams, 20 s soak) |
 | BENCH_SOAK_SECONDS | 600 (quick: 20) | soak length |
-| BENCH_WRK_SECONDS | 8 (quick: 3) | each wrk scenario, per target |
+| BENCH_WRK_SECONDS | 6 (quick: 3) | each wrk scenario, per target |
 | BENCH_STREAMS | 1000 (quick: 200) | concurrent streams in the streaming scenario |
 | BENCH_LITELLM | 0 | 1: also measure LiteLLM's proxy (own venv, bench/.litellm-venv) |
 | BENCH_PROFILE | 0 | 1: py-spy a portway worker under c=32 load (bench/results/profile-*.txt) |
@@ -55,10 +55,10 @@ class Plan:
         quick = _flag("BENCH_QUICK")
         return cls(
             quick=quick,
-            wrk_seconds=_env_float("BENCH_WRK_SECONDS", 3 if quick else 8),
+            wrk_seconds=_env_float("BENCH_WRK_SECONDS", 3 if quick else 6),
             warmup_seconds=1 if quick else 2,
             ttft_concurrency=4,
-            ttft_rounds=2 if quick else 6,
+            ttft_rounds=2 if quick else 12,  # 48 TTFTs per target: a p50 that holds still
             streams=int(_env_float("BENCH_STREAMS", 200 if quick else 1000)),
             stream_rounds=1 if quick else 3,
             stream_procs=2,
