@@ -44,6 +44,7 @@ access = logging.getLogger("uvicorn.access")
 HIGH_WATER = 64 * 1024
 _INVALID_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
 _INVALID_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")}
 
 
@@ -213,25 +214,23 @@ class Cycle:
 
     def _response_head(self, status: int, headers: Any) -> bytes:
         self.status = status
-        lines = [STATUS_LINE[status], self.proto.default_headers]
-        names, values = [], []
-        framed = close = False
-        for raw_name, value in headers:
-            name = raw_name.lower()
-            names.append(name)
-            values.append(value)
-            if name == b"content-length" and not framed:
-                self.expected, framed = int(value), True
-            elif name == b"transfer-encoding" and value.lower() == b"chunked":
-                self.expected, self.chunked, framed = 0, True, True
-            elif name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
-                self.keep_alive, close = False, True
-            lines += (name, b": ", value, b"\r\n")
+        names = [name.lower() for name, _ in headers]
+        values = [value for _, value in headers]
         # One search over all names and one over all values: a bad byte anywhere is a bad byte in one.
-        if _INVALID_NAME.search(b"".join(names)):
-            raise RuntimeError("Invalid HTTP header name.")
-        if _INVALID_VALUE.search(b"".join(values)):
-            raise RuntimeError("Invalid HTTP header value.")
+        if _INVALID_NAME.search(b"".join(names)) or _INVALID_VALUE.search(b"".join(values)):
+            raise RuntimeError("Invalid HTTP header name or value.")
+        framed = close = False
+        for i, name in enumerate(names):
+            if name in _FRAMING:  # rare names: the loop costs one set lookup per header
+                value = values[i]
+                if name == b"content-length" and not framed:
+                    self.expected, framed = int(value), True
+                elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                    self.expected, self.chunked, framed = 0, True, True
+                elif name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+                    self.keep_alive, close = False, True
+        lines = [STATUS_LINE[status], self.proto.default_headers]
+        lines += [b"%s: %s\r\n" % pair for pair in zip(names, values, strict=True)]
         if not self.keep_alive and not close:
             lines.append(b"connection: close\r\n")
         if not framed and self.scope["method"] != "HEAD" and status not in (204, 304):
