@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import deps, pyspy, servers
-from bench.procs import Server, cpu_seconds, free_port, raise_nofile
+from bench.procs import Server, cpu_seconds, raise_nofile
 from bench.scenarios import BODY, STREAM_BODY
 from bench.stream_client import run_streams
 from bench.wrk import run_wrk
@@ -60,9 +59,7 @@ def _ttft(
     """Streaming TTFT, 4 streams at a time (as `make bench` measures it), direct upstream and the uvicorn
     floor (bench/floor.py: uvicorn answering the stream itself, no upstream hop) included."""
     stream = "/stream/v1/chat/completions"
-    port = free_port()
-    argv = [sys.executable, "-m", "bench.floor", "--port", str(port)]
-    floor = Server("floor", argv, tmp / "floor.log", f"http://127.0.0.1:{port}/health", cwd=servers.ROOT)
+    floor, port = servers.floor(tmp)
     live.append(floor)
     floor.start(30)
     urls = {"direct": (f"http://127.0.0.1:{up_port}{stream}", ""), "floor": (f"http://127.0.0.1:{port}/", "")}

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench import deps, servers
-from bench.procs import Server, free_port, raise_nofile
+from bench.procs import Server, raise_nofile
 from bench.scenarios import BODY
 from bench.stats import summary
 
@@ -85,9 +84,7 @@ def main() -> None:
         up, _, up_port, _ = servers.nginx_servers(tmp)
         live.append(up)
         up.start(30)
-        port = free_port()
-        argv = [sys.executable, "-m", "bench.floor", "--port", str(port)]
-        floor = Server("floor", argv, tmp / "floor.log", f"http://127.0.0.1:{port}/health", cwd=servers.ROOT)
+        floor, port = servers.floor(tmp)
         live.append(floor)
         floor.start(30)
         pw = servers.portway(tmp, "portway", servers.portway_config(up_port), workers=1)

@@ -71,6 +71,13 @@ def forwarder(tmp: Path, upstream_port: int) -> tuple[Server, int]:
     return Server("forwarder", argv, tmp / "forwarder.log", f"http://127.0.0.1:{port}/health", cwd=ROOT), port
 
 
+def floor(tmp: Path) -> tuple[Server, int]:
+    """uvicorn answering by itself (bench/floor.py): what the Python server stack costs with no hop."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.floor", "--port", str(port)]
+    return Server("floor", argv, tmp / "floor.log", f"http://127.0.0.1:{port}/health", cwd=ROOT), port
+
+
 def portway_config(upstream_port: int, *, max_in_flight: int = 2048, local: bool = False) -> dict[str, Any]:
     """gateway.yaml: three providers on the nginx upstream (canned, paced stream, slow) with prices."""
     if local:

@@ -329,6 +329,16 @@ def as_plan(limits: Sequence[Limit] | LimitPlan) -> LimitPlan:
     return limits if isinstance(limits, LimitPlan) else LimitPlan(limits)
 
 
+def _taken_per_slot(slots: Sequence[Slot], amounts: Sequence[int]) -> list[int]:
+    """What admission took from each slot's counter up to that slot, for slots that share keys."""
+    pending: dict[str, int] = {}
+    taken: list[int] = []
+    for slot, amount in zip(slots, amounts, strict=True):
+        pending[slot.key] = total = pending.get(slot.key, 0) + amount
+        taken.append(total)
+    return taken
+
+
 def first_refusal(
     limits: LimitPlan, slots: Sequence[Slot], stored: Sequence[int], amounts: Sequence[int]
 ) -> int | None:
@@ -338,18 +348,13 @@ def first_refusal(
     tokens still spends tokens). Slots sharing a key see what earlier ones would take. The Redis Lua
     script mirrors this function exactly. ``slots`` come from ``limits.slots``.
     """
-    if not limits.shared:  # the common case: no slot can see another's take, nothing to track
-        caps = limits.caps
-        for i, used in enumerate(stored):
-            if used >= caps[i] or used + amounts[i] > caps[i]:
-                return i
-        return None
-    pending: dict[str, int] = {}
-    for i, (slot, base, amount) in enumerate(zip(slots, stored, amounts, strict=True)):
-        used = base + pending.get(slot.key, 0)
-        if used >= slot.cap or used + amount > slot.cap:
+    # Without shared keys (the common case) a slot's counter takes only its own amount.
+    taken = _taken_per_slot(slots, amounts) if limits.shared else amounts
+    caps = limits.caps
+    for i, base in enumerate(stored):
+        after = base + taken[i]
+        if after - amounts[i] >= caps[i] or after > caps[i]:
             return i
-        pending[slot.key] = pending.get(slot.key, 0) + amount
     return None
 
 
@@ -398,16 +403,6 @@ def _rate_headers(
             text, text_at = format_reset((reset_at or now) - now), reset_at
         headers[reset_h] = text
     return headers
-
-
-def _taken_per_slot(slots: Sequence[Slot], amounts: Sequence[int]) -> list[int]:
-    """What admission took from each slot's counter up to that slot, for slots that share keys."""
-    pending: dict[str, int] = {}
-    taken: list[int] = []
-    for slot, amount in zip(slots, amounts, strict=True):
-        pending[slot.key] = total = pending.get(slot.key, 0) + amount
-        taken.append(total)
-    return taken
 
 
 def decide(
