@@ -25,6 +25,9 @@ log = logging.getLogger("portway.config")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 KEYLESS_TYPES = frozenset({"local"})
 DEFAULT_BASE_URLS = {"huggingface": "https://router.huggingface.co/v1"}
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: what a header name may be
+# Framing and routing headers portway writes itself: a configured copy would smuggle a second request.
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
 
 
 class _Strict(BaseModel):
@@ -40,12 +43,34 @@ class ProviderConfig(_Strict):
     stream_usage: bool = True
     models: list[str] = Field(default_factory=list, description="extra model ids listed in /v1/models")
     options: dict[str, Any] = Field(default_factory=dict)
+    verify: bool = Field(True, description="verify the upstream's TLS certificate and host name")
+    ca_file: Path | None = Field(None, description="PEM bundle of CAs to trust for this upstream")
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _TOKEN_RE.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by portway itself and cannot be configured")
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name!r}: the value must be latin-1 text") from None
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name!r}: the value must not contain line breaks or NUL")
+        return headers
 
     @field_validator("api_keys")
     @classmethod
     def _drop_empty(cls, keys: list[str]) -> list[str]:
         # "${GROQ_API_KEY}" with the variable unset interpolates to "": that is "no key", not a key.
-        return [k.strip() for k in keys if k and k.strip()]
+        keys = [k.strip() for k in keys if k and k.strip()]
+        for i, key in enumerate(keys):
+            if not key.isascii() or not key.isprintable() or " " in key:
+                raise ValueError(f"api_keys[{i}]: a key must be printable ASCII without spaces")
+        return keys
 
     @model_validator(mode="after")
     def _base_url(self) -> ProviderConfig:
@@ -76,13 +101,50 @@ class RoutingConfig(_Strict):
     breaker_cooldown: float = Field(30.0, gt=0, description="seconds before a half-open probe")
     rate_limit_cooldown: float = Field(10.0, ge=0, description="key cool-down after 429 w/o Retry-After")
     max_cooldown: float = Field(300.0, ge=0, description="cap on an upstream's Retry-After")
+    attempt_timeout: float = Field(
+        30.0, gt=0, description="longest one upstream attempt may take, so fallbacks keep their share (s)"
+    )
+    min_attempt_time: float = Field(
+        0.5, gt=0, description="no attempt starts with less of the deadline left than this (s)"
+    )
+    key_recheck_after: float = Field(
+        300.0, gt=0, description="a key the upstream rejected (401) is tried again after this (s)"
+    )
 
 
 class ServerConfig(_Strict):
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="request body cap, every route")
     max_in_flight: int = Field(1024, ge=1, description="admitted requests per worker; beyond: fast 503")
+    max_connections: int = Field(
+        2048, ge=1, description="open client connections per worker; beyond: fast 503 and close"
+    )
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024, description="request head cap")
+    max_header_count: int = Field(100, ge=8, le=10_000, description="request header lines cap")
+    read_timeout: float = Field(
+        10.0, gt=0, description="close a connection whose request head or body stalls this long (s)"
+    )
+    keepalive_timeout: float = Field(5.0, gt=0, description="close an idle keep-alive connection after (s)")
+    ready_write_failure_seconds: float = Field(
+        30.0, gt=0, description="/ready answers 503 once usage writes have failed this long (s)"
+    )
     cors_origins: list[str] = Field(default_factory=list)
     request_log: bool = True
+
+
+class TransportConfig(_Strict):
+    max_connections: int = Field(
+        256, ge=1, description="open connections per upstream origin, per worker (excess waits)"
+    )
+    pool_timeout: float = Field(
+        10.0, gt=0, description="longest wait for a free connection when an origin is at its cap (s)"
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="TCP + TLS connect timeout (s)")
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="an upstream answer larger than this is refused"
+    )
+    max_event_bytes: int = Field(
+        1024 * 1024, ge=1024, description="a streamed SSE event larger than this ends the stream"
+    )
 
 
 class LimitSpecConfig(_Strict):
@@ -111,6 +173,7 @@ class PriceConfig(_Strict):
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     pricing: dict[str, PriceConfig] = Field(
         default_factory=dict, description='"provider/model" or a glob like "groq/*" -> price'

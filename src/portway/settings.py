@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite+aiosqlite:///<data_dir>/portway.db
     redis_url: str | None = None
     redis_timeout: float = Field(default=0.1, gt=0)  # seconds per Redis operation before failing open/closed
+    redis_connect_timeout: float = Field(default=2.0, gt=0)  # connecting (at start and after an outage)
     log_level: str = "info"
     # The HTTP/1.1 protocol: portway's own (http_server.py), or uvicorn's ("httptools", "h11") as a fallback.
     http: Literal["portway", "httptools", "h11"] = "portway"
