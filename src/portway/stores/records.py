@@ -22,6 +22,7 @@ class UsageRecord:
     attempts: int = 0
     error_code: str | None = None
     cost_usd: float = 0.0
+    usage_estimated: bool = False  # the upstream sent no usage: tokens estimated from what was delivered
 
 
 class UsageSink(Protocol):

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 # The newest Alembic revision in portway/migrations/versions (a unit test keeps the two in step): a worker
 # that finds the database already there skips importing Alembic at all.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 metadata = sa.MetaData()
 
@@ -29,4 +29,5 @@ request_log = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error_code", sa.String(64)),
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("usage_estimated", sa.Boolean, nullable=False, server_default=sa.false()),
 )
