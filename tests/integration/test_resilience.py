@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -182,3 +183,88 @@ def test_client_disconnect_cancels_upstream(gateway: PortwayProcess, upstream: F
             break  # read the first bytes, then hang up
     assert upstream.wait_for(lambda rs: bool(rs) and rs[0].disconnected, timeout=5)
     assert not upstream.requests[0].completed
+
+
+# -- issue 11 #3 and #5: a hung primary, 403 per model, 401 re-probe ---------------------------------------
+
+RECHECK = 1.0  # routing.key_recheck_after, small so the re-probe is seen within the test
+
+
+@pytest.fixture(scope="module")
+def rgw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
+    """One process for these tests: each uses its own providers, so key and breaker state never cross."""
+    fake = upstream.base_url
+
+    def prov(key: str) -> dict[str, object]:
+        return {"type": "openai", "base_url": fake, "api_keys": [key]}
+
+    config = {
+        "routing": {
+            "deadline": 3,  # attempt_timeout (30) and min_attempt_time (0.5) at their defaults
+            "backoff_base": 0.01,
+            "backoff_max": 0.05,
+            "breaker_threshold": 2,
+            "key_recheck_after": RECHECK,
+        },
+        "providers": {
+            "hung": prov("k-hung"),
+            "healthy": prov("k-healthy"),
+            "solo": prov("k-solo"),
+            "rejected": prov("k-rejected"),
+        },
+        "models": {
+            "hung-first": ["hung/fake-model@hang", "healthy/fake-model"],
+            "perm": ["solo/fake-model@403", "solo/fake-model"],
+        },
+    }
+    proc = PortwayProcess(tmp_path_factory.mktemp("gw-resilience"), config)
+    yield proc
+    proc.stop()
+
+
+def _chat(gw: PortwayProcess, model: str) -> httpx.Response:
+    body = {"model": model, "messages": MSGS}
+    return httpx.post(gw.base_url + "/chat/completions", json=body, headers=gw.headers(), timeout=20)
+
+
+def _timed_chat(gw: PortwayProcess, model: str) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    r = _chat(gw, model)
+    return r, time.monotonic() - started
+
+
+def test_hung_primary_falls_back_inside_the_deadline(rgw: PortwayProcess, upstream: FakeUpstream) -> None:
+    # 7 runs at once (one deadline's time in all): each must reach `healthy` well inside the 3 s deadline.
+    with ThreadPoolExecutor(7) as pool:
+        runs = list(pool.map(lambda _: _timed_chat(rgw, "hung-first"), range(7)))
+    for r, elapsed in runs:
+        assert r.status_code == 200, r.text
+        assert r.headers["x-portway-provider"] == "healthy" and elapsed < 3
+    hung = [q for q in upstream.requests if q.key == "k-hung"]
+    assert len(hung) == 7  # no retry of the hung target: it would have eaten healthy's share
+    assert upstream.wait_for(lambda rs: all(q.disconnected for q in rs if q.key == "k-hung"))
+    for _ in range(3):  # healthy's breaker is closed: direct calls are answered
+        r = _chat(rgw, "healthy/fake-model")
+        assert r.status_code == 200, r.text
+
+
+def test_403_for_one_model_keeps_the_key_for_the_others(rgw: PortwayProcess, upstream: FakeUpstream) -> None:
+    r = _chat(rgw, "perm")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-portway-provider"] == "solo"
+    assert [q.model for q in upstream.requests] == ["fake-model@403", "fake-model"]  # no retry of the 403
+    r = _chat(rgw, "solo/fake-model@403")
+    assert r.status_code == 502 and r.json()["error"]["attempts"][0]["outcome"] == "forbidden"
+    for _ in range(3):
+        assert _chat(rgw, "solo/fake-model").status_code == 200  # same provider, same only key
+
+
+def test_401_key_is_rechecked_after_key_recheck_after(rgw: PortwayProcess, upstream: FakeUpstream) -> None:
+    upstream.script(["401"], key="k-rejected")
+    assert _chat(rgw, "rejected/fake-model").status_code == 502
+    r = _chat(rgw, "rejected/fake-model")
+    assert r.status_code == 503 and len(upstream.requests) == 1  # out of the pool: not even called
+    time.sleep(RECHECK)
+    r = _chat(rgw, "rejected/fake-model")
+    assert r.status_code == 200, r.text  # re-probed, and the upstream takes the key again
+    assert [q.key for q in upstream.requests] == ["k-rejected", "k-rejected"]

@@ -16,11 +16,13 @@ from portway.providers.base import ChatCall, ChatStream, Completion, FailureKind
 
 
 class Clock:
-    def __init__(self) -> None:
+    def __init__(self, tick: float = 0.0) -> None:
         self.t = 1000.0
+        self.tick = tick  # time each reading costs: the loop's own overhead between steps
         self.slept: list[float] = []
 
     def __call__(self) -> float:
+        self.t += self.tick
         return self.t
 
     async def sleep(self, s: float) -> None:
@@ -45,12 +47,22 @@ class Scripted:
         step = queue.pop(0) if len(queue) > 1 else queue[0]
         if step == "ok":
             return Completion(b'{"choices":[]}', Usage(1, 1), call.model)
-        if step == "slow":
+        if step == "slow":  # hung: the attempt's own timeout ends it
             self.clock.t += call.timeout
             raise UpstreamFailure(FailureKind.TIMEOUT, "timed out")
+        if isinstance(step, tuple) and step[0] == "after":  # ("after", seconds, step): takes that long
+            if step[1] > call.timeout:
+                self.clock.t += call.timeout
+                raise UpstreamFailure(FailureKind.TIMEOUT, "timed out")
+            self.clock.t += step[1]
+            step = step[2]
+            if step == "ok":
+                return Completion(b'{"choices":[]}', Usage(1, 1), call.model)
         if isinstance(step, tuple):
             return _raise(UpstreamFailure(FailureKind.RATE_LIMIT, "429", status=429, retry_after=step[1]))
-        status = {"auth": 401, "rate_limit": 429, "server": 500, "bad_request": 400}.get(step.value)
+        status = {"auth": 401, "forbidden": 403, "rate_limit": 429, "server": 500, "bad_request": 400}.get(
+            step.value
+        )
         raise UpstreamFailure(step, f"failed {step.value}", status=status)
 
     async def aclose(self) -> None:
@@ -64,9 +76,10 @@ def _raise(exc: Exception) -> Any:
 def make(
     steps: dict[str, dict[tuple[str, str | None], list[Any]]],
     keys: dict[str, list[str | None]],
+    tick: float = 0.0,
     **cfg: Any,
 ) -> tuple[AttemptRunner, dict[str, Scripted], dict[str, KeyPool], Clock]:
-    clock = Clock()
+    clock = Clock(tick)
     rc = RoutingConfig(**{"backoff_base": 0.1, **cfg})
     providers = {name: Scripted(name, clock, s) for name, s in steps.items()}
     pools = {
@@ -168,15 +181,138 @@ async def test_all_fail_502_lists_attempts_without_keys() -> None:
 
 
 async def test_one_deadline_across_attempts_gives_504() -> None:
-    runner, prov, _, _ = make(
+    runner, prov, pools, clock = make(
         {"a": {("m1", "*"): ["slow"]}, "b": {("m2", "*"): ["slow"]}}, {"a": ["k"], "b": ["k"]}
     )
+    started = clock.t
     with pytest.raises(UpstreamTimeout) as err:
         await runner.run([A, B], {}, False)
     assert err.value.status_code == 504
-    # The first attempt consumed the whole deadline: nothing else was tried.
-    assert len(prov["a"].calls) == 1 and not prov["b"].calls
-    assert prov["a"].calls[0].timeout == pytest.approx(60.0)
+    # attempt_timeout (30) caps the first try; its retry leaves b its min_attempt_time; b hits the deadline.
+    timeouts = [c.timeout for c in prov["a"].calls + prov["b"].calls]
+    assert timeouts == pytest.approx([30.0, 29.3, 0.5])
+    assert clock.t - started == pytest.approx(60.0)
+    attempts = err.value.to_dict()["error"]["attempts"]
+    assert [a["outcome"] for a in attempts] == ["timeout", "timeout", "deadline"]
+    assert pools["a"].states[0].breaker.failures == 2  # a's own timeouts count against it...
+    assert pools["b"].states[0].breaker.failures == 0  # ...the deadline ending b's attempt does not
+
+
+async def test_hung_primary_leaves_the_fallback_its_share_and_healthy_breaker_stays_closed() -> None:
+    # Issue 11 #3: [hung, healthy] with a 3 s deadline was a 504, and healthy's breaker opened.
+    runner, prov, pools, clock = make(
+        {"a": {("m1", "*"): ["slow"]}, "b": {}},
+        {"a": ["k"], "b": ["k"]},
+        tick=1e-5,
+        deadline=3,
+        breaker_threshold=1,
+    )
+    for _ in range(7):
+        started = clock.t
+        out = await runner.run([A, B], {}, False)
+        assert out.target == B and clock.t - started <= 3
+        assert pools["b"].states[0].breaker.state(clock.t) == "closed"
+    assert prov["a"].calls[0].timeout == pytest.approx(2.5, abs=1e-3)  # 3 s less min_attempt_time for b
+    assert [a.kind for a in out.attempts][-1] == "ok"
+    out = await runner.run([B], {}, False)  # direct calls to healthy still work
+    assert out.target == B
+
+
+async def test_attempt_ended_by_the_deadline_is_nobodys_failure() -> None:
+    runner, _, pools, clock = make(
+        {"b": {("m2", "*"): [("after", 10.0, "ok")]}}, {"b": ["k"]}, deadline=3, breaker_threshold=1
+    )
+    with pytest.raises(UpstreamTimeout) as err:
+        await runner.run([B], {}, False)
+    assert err.value.status_code == 504
+    assert [a["outcome"] for a in err.value.to_dict()["error"]["attempts"]] == ["deadline"]
+    state = pools["b"].states[0]
+    assert state.breaker.failures == 0 and state.breaker.state(clock.t) == "closed"
+    assert state.cooldown_until <= clock.t and not state.disabled
+
+
+async def test_per_attempt_timeout_is_the_targets_timeout_failure() -> None:
+    runner, prov, pools, clock = make(
+        {"a": {("m1", "*"): [("after", 10.0, "ok")]}, "b": {}},
+        {"a": ["k"], "b": ["k"]},
+        attempt_timeout=2,
+        retries_per_target=0,
+        breaker_threshold=1,
+    )
+    out = await runner.run([A, B], {}, False)
+    assert out.target == B and prov["a"].calls[0].timeout == 2
+    assert [a.kind for a in out.attempts] == ["timeout", "ok"]
+    assert pools["a"].states[0].breaker.state(clock.t) == "open"
+
+
+async def test_no_attempt_starts_with_less_than_min_attempt_time_left() -> None:
+    runner, prov, _, _ = make(
+        {"a": {("m1", "*"): [("after", 2.8, FailureKind.SERVER)]}},
+        {"a": ["k"]},
+        deadline=3,
+        backoff_base=0.001,
+    )
+    with pytest.raises(UpstreamTimeout) as err:
+        await runner.run([A], {}, False)
+    assert len(prov["a"].calls) == 1  # no retry with 0.2 s left
+    assert err.value.status_code == 504 and "request deadline exceeded" in err.value.message
+    assert [a["outcome"] for a in err.value.to_dict()["error"]["attempts"]] == ["server"]
+
+
+async def test_retry_gives_way_to_the_next_targets_share() -> None:
+    runner, prov, _, _ = make(
+        {"a": {("m1", "*"): [("after", 2.2, FailureKind.SERVER)]}, "b": {}},
+        {"a": ["k"], "b": ["k"]},
+        deadline=3,
+    )
+    out = await runner.run([A, B], {}, False)
+    assert out.target == B and len(prov["a"].calls) == 1  # retrying a would leave b under 0.5 s
+
+
+async def test_share_counts_only_targets_that_could_still_be_tried() -> None:
+    runner, prov, pools, _ = make(
+        {"a": {}, "b": {}, "c": {}}, {"a": ["k"], "b": ["k"], "c": ["k"]}, deadline=10, max_attempts=2
+    )
+    await runner.run([A, B, Target("c", "m")], {}, False)
+    assert prov["a"].calls[0].timeout == pytest.approx(9.5)  # room for one more call, not two
+    pools["b"].states[0].disabled, pools["b"].states[0].recheck_at = True, float("inf")
+    await runner.run([A, B], {}, False)
+    assert prov["a"].calls[1].timeout == pytest.approx(10)  # b has no usable key: nothing to keep for it
+
+
+async def test_stream_attempt_keeps_first_byte_timeout_within_its_share() -> None:
+    runner, prov, _, _ = make({"a": {}, "b": {}}, {"a": ["k"], "b": ["k"]}, deadline=3, first_byte_timeout=5)
+    await runner.run([A, B], {}, True)
+    assert prov["a"].calls[0].timeout == pytest.approx(2.5)
+    runner, prov, _, _ = make({"a": {}, "b": {}}, {"a": ["k"], "b": ["k"]}, deadline=30, first_byte_timeout=5)
+    await runner.run([A, B], {}, True)
+    assert prov["a"].calls[0].timeout == 5
+
+
+async def test_forbidden_model_is_the_targets_failure_and_the_key_stays() -> None:
+    # Issue 11 #5: a 403 for one model must not take the provider's only key away from its other models.
+    m3 = Target("a", "m3")
+    runner, prov, pools, clock = make({"a": {("m1", "k"): [FailureKind.FORBIDDEN]}}, {"a": ["k"]})
+    out = await runner.run([A, m3], {}, False)
+    assert out.target == m3 and [c.model for c in prov["a"].calls] == ["m1", "m3"]  # no retry of m1
+    assert [a.kind for a in out.attempts] == ["forbidden", "ok"]
+    state = pools["a"].states[0]
+    assert not state.disabled and state.usable(clock.t) and state.breaker.failures == 0
+    assert (await runner.run([m3], {}, False)).target == m3
+
+
+async def test_rejected_key_is_rechecked_after_key_recheck_after() -> None:
+    runner, prov, pools, clock = make(
+        {"a": {("m1", "k"): [FailureKind.AUTH, "ok"]}}, {"a": ["k"]}, key_recheck_after=60
+    )
+    with pytest.raises(UpstreamError):
+        await runner.run([A], {}, False)
+    with pytest.raises(UpstreamUnavailable) as err:  # out of the pool: no call at all
+        await runner.run([A], {}, False)
+    assert err.value.headers["Retry-After"] == "60" and len(prov["a"].calls) == 1
+    clock.t += 60
+    assert (await runner.run([A], {}, False)).target == A  # re-probed: the key works again
+    assert not pools["a"].states[0].disabled
 
 
 async def test_stream_attempt_uses_first_byte_timeout() -> None:

@@ -1,11 +1,17 @@
 """The attempt loop: one deadline across every try, key pools, retries with full-jitter backoff, fallback.
 
 Outcome classes (from providers.base.FailureKind):
-  AUTH        -> the key is bad: drop it from the pool, try the provider's next key
+  AUTH        -> the key is bad: out of the pool (re-probed after key_recheck_after), try the next key
+  FORBIDDEN   -> this key may not use this model: the target's failure, next target; the key stays
   RATE_LIMIT  -> cool the key down for Retry-After, try the next key, then the next target
   SERVER, TIMEOUT, CONNECTION, BAD_RESPONSE -> retry this target with backoff, then the next target
   BAD_REQUEST -> the client's fault: returned as is, no fallback
 At most `max_attempts` upstream calls per request, and never past the request's deadline.
+
+Time: one attempt takes at most `attempt_timeout`, and less when later targets need their share: each
+target that could still be tried is kept `min_attempt_time` of the deadline. No attempt starts with less than
+`min_attempt_time` left. An attempt cut short by the request's deadline is nobody's failure: it is recorded
+as "deadline" and touches neither breaker nor key; one cut by its own timeout is the target's TIMEOUT.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ _RETRYABLE = frozenset(
     {FailureKind.SERVER, FailureKind.TIMEOUT, FailureKind.CONNECTION, FailureKind.BAD_RESPONSE}
 )
 _NEXT_KEY = frozenset({FailureKind.AUTH, FailureKind.RATE_LIMIT})
+# A timeout this close to the request's deadline is the deadline's (timers may fire a hair early).
+_DEADLINE_SLACK = 1e-3
+# Float slack when comparing what is left with min_attempt_time (shares are computed by subtraction).
+_EPS = 1e-6
 
 
 @dataclass(slots=True)
@@ -63,6 +73,17 @@ class Outcome:
     release: Callable[[], None] = field(default=lambda: None)  # frees the key's in-flight slot
 
 
+@dataclass(slots=True)
+class _Run:
+    """One request's attempts and what is left of its deadline."""
+
+    deadline: float
+    due: float  # when the last attempt or backoff was due to end at the latest
+    attempts: list[Attempt] = field(default_factory=list)
+    calls: int = 0  # upstream calls made
+    out_of_time: bool = False  # stopped by the deadline with something still to try
+
+
 class AttemptRunner:
     def __init__(
         self,
@@ -82,44 +103,44 @@ class AttemptRunner:
         self.rand = rand
 
     async def run(self, targets: list[Target], payload: dict[str, Any], stream: bool) -> Outcome:
-        deadline = self.clock() + self.cfg.deadline
-        attempts: list[Attempt] = []
-        for target in targets:
-            if len(self._calls(attempts)) >= self.cfg.max_attempts or self.clock() >= deadline:
+        now = self.clock()
+        run = _Run(now + self.cfg.deadline, now)
+        for index in range(len(targets)):
+            if run.calls >= self.cfg.max_attempts or run.out_of_time:
                 break
-            outcome = await self._try_target(target, payload, stream, deadline, attempts)
+            outcome = await self._try_target(targets, index, payload, stream, run)
             if outcome is not None:
                 return outcome
-        if self.clock() >= deadline and (not attempts or attempts[-1].kind != "deadline"):
-            attempts.append(Attempt("-", "-", None, None, "request deadline exceeded", "deadline"))
-        raise self._final_error(targets, attempts)
-
-    @staticmethod
-    def _calls(attempts: list[Attempt]) -> list[Attempt]:
-        return [a for a in attempts if a.kind not in ("skipped", "deadline")]
+        raise self._final_error(targets, run)
 
     async def _try_target(
-        self, target: Target, payload: dict[str, Any], stream: bool, deadline: float, attempts: list[Attempt]
+        self, targets: list[Target], index: int, payload: dict[str, Any], stream: bool, run: _Run
     ) -> Outcome | None:
+        target = targets[index]
         provider, pool = self.providers[target.provider], self.pools[target.provider]
         retries = 0
         tried = False
-        while len(self._calls(attempts)) < self.cfg.max_attempts:
+        while run.calls < self.cfg.max_attempts:
             now = self.clock()
-            remaining = deadline - now
-            if remaining <= 0:
+            following = self._following(targets, index, run, now)
+            timeout = self._budget(run, now, following)
+            if timeout <= 0:
+                run.out_of_time = True
                 return None
             state = pool.acquire(now)
             if state is None:
                 if not tried:
-                    attempts.append(
+                    run.attempts.append(
                         Attempt(target.provider, target.model, None, None, _no_key_reason(pool), "skipped")
                     )
                 return None
             tried = True
-            timeout = min(remaining, self.cfg.first_byte_timeout) if stream else remaining
+            if stream:
+                timeout = min(timeout, self.cfg.first_byte_timeout)
+            run.due = now + timeout
+            run.calls += 1
             call = ChatCall(payload, target.model, stream, state.key, timeout, self.cfg.stream_idle_timeout)
-            failure = await self._attempt(provider, pool, state, target, call, attempts)
+            failure = await self._attempt(provider, pool, state, target, call, run)
             if not isinstance(failure, UpstreamFailure):
                 return failure
             if failure.kind is FailureKind.BAD_REQUEST:
@@ -129,13 +150,39 @@ class AttemptRunner:
                     code=failure.error_code,
                     param=failure.param,
                 )
+            if run.out_of_time:
+                return None
             if failure.kind in _NEXT_KEY:
                 continue
             if failure.kind not in _RETRYABLE or retries >= self.cfg.retries_per_target:
                 return None
             retries += 1
-            await self._backoff(retries, deadline)
+            if not await self._backoff(retries, run, self._following(targets, index, run, self.clock())):
+                return None  # a retry would eat into the share kept for the targets after this one
         return None
+
+    def _following(self, targets: list[Target], index: int, run: _Run, now: float) -> int:
+        """How many later targets could still be tried after this attempt (each is kept its share)."""
+        room = self.cfg.max_attempts - run.calls - 1
+        n = 0
+        for i in range(index + 1, len(targets)):
+            if n >= room:
+                break
+            if self.pools[targets[i].provider].has_usable(now):
+                n += 1
+        return n
+
+    def _budget(self, run: _Run, now: float, following: int) -> float:
+        """Seconds the next attempt may take; 0 when too little of the deadline is left to start one."""
+        cfg = self.cfg
+        left = run.deadline - now
+        # Measured from when the previous step was due to end: a timer firing late must not cost the next
+        # target its reserved share (it still never runs past the deadline).
+        avail = run.deadline - min(now, run.due)
+        if left <= 0 or avail < cfg.min_attempt_time - _EPS:
+            return 0.0
+        share = min(cfg.attempt_timeout, left - cfg.min_attempt_time * following)
+        return min(left, max(cfg.min_attempt_time, share))
 
     async def _attempt(
         self,
@@ -144,61 +191,76 @@ class AttemptRunner:
         state: KeyState,
         target: Target,
         call: ChatCall,
-        attempts: list[Attempt],
+        run: _Run,
     ) -> Outcome | UpstreamFailure:
         started = self.clock()
         try:
             result = await provider.chat(call)
         except UpstreamFailure as failure:
             now = self.clock()
-            retry_after = failure.retry_after
-            if failure.kind is FailureKind.RATE_LIMIT and retry_after is None:
-                retry_after = self.cfg.rate_limit_cooldown
-            pool.report(state, failure.kind, now, retry_after)
             pool.release(state)
-            attempts.append(
+            if failure.kind is FailureKind.TIMEOUT and now >= run.deadline - _DEADLINE_SLACK:
+                pool.abandon(state)  # the request ran out of time: no verdict on this target
+                run.out_of_time = True
+                kind, status, message = "deadline", None, "request deadline exceeded"
+            else:
+                pool.report(state, failure.kind, now, self._hold_for(failure))
+                kind, status, message = failure.kind.value, failure.status, failure.message
+            run.attempts.append(
                 Attempt(
-                    target.provider,
-                    target.model,
-                    state.label,
-                    failure.status,
-                    failure.message,
-                    failure.kind.value,
-                    (now - started) * 1000,
+                    target.provider, target.model, state.label, status, message, kind, (now - started) * 1000
                 )
             )
             return failure
         except BaseException:
-            state.breaker.abandon()
+            pool.abandon(state)
             pool.release(state)
             raise
-        pool.report(state, None, self.clock(), None)
-        attempts.append(
-            Attempt(
-                target.provider, target.model, state.label, 200, "", "ok", (self.clock() - started) * 1000
-            )
+        now = self.clock()
+        pool.report(state, None, now, None)
+        run.attempts.append(
+            Attempt(target.provider, target.model, state.label, 200, "", "ok", (now - started) * 1000)
         )
         release = _once(lambda: pool.release(state))
         if isinstance(result, Completion):
             release()
-        return Outcome(result, target, attempts, release)
+        return Outcome(result, target, run.attempts, release)
 
-    async def _backoff(self, retry: int, deadline: float) -> None:
-        """Full jitter: uniform in [0, min(cap, base * 2^retry)], and never past the deadline."""
+    def _hold_for(self, failure: UpstreamFailure) -> float | None:
+        """How long the key is set aside: a 429's cool-down, or a rejected key's time to its re-probe."""
+        if failure.kind is FailureKind.RATE_LIMIT:
+            return self.cfg.rate_limit_cooldown if failure.retry_after is None else failure.retry_after
+        if failure.kind is FailureKind.AUTH:
+            return self.cfg.key_recheck_after
+        return None
+
+    async def _backoff(self, retry: int, run: _Run, following: int) -> bool:
+        """Full jitter: uniform in [0, min(cap, base * 2^retry)], leaving the retry and each later target
+        `min_attempt_time`. False if that much is no longer left: the retry is not worth making."""
+        now = self.clock()
+        keep = self.cfg.min_attempt_time * (following + 1)
+        if following and run.deadline - min(now, run.due) - keep < -_EPS:
+            return False
         ceiling = min(self.cfg.backoff_max, self.cfg.backoff_base * (2**retry))
-        delay = min(self.rand() * ceiling, max(0.0, deadline - self.clock()))
+        delay = min(self.rand() * ceiling, max(0.0, run.deadline - now - keep))
         if delay > 0:
+            run.due = now + delay
             await self.sleep(delay)
+        return True
 
-    def _final_error(self, targets: list[Target], attempts: list[Attempt]) -> PortwayError:
+    def _final_error(self, targets: list[Target], run: _Run) -> PortwayError:
         if not targets:
             return UpstreamUnavailable("No enabled provider serves this model (are its API keys set?)")
-        summary = "; ".join(
+        attempts = run.attempts
+        parts = [
             f"{a.provider}/{a.model}: " + (f"HTTP {a.status}" if a.status else a.error) for a in attempts
-        )
-        extra = {"attempts": [a.public() for a in attempts if a.kind != "deadline"]}
+        ]
+        if run.out_of_time and (not attempts or attempts[-1].kind != "deadline"):
+            parts.append("request deadline exceeded")
+        summary = "; ".join(parts)
+        extra = {"attempts": [a.public() for a in attempts]}
         last = attempts[-1].kind if attempts else "skipped"
-        if last in ("deadline", FailureKind.TIMEOUT.value):
+        if run.out_of_time or last == FailureKind.TIMEOUT.value:
             return UpstreamTimeout(f"All upstream attempts failed in time: {summary}", extra=extra)
         if last in ("skipped", FailureKind.RATE_LIMIT.value):
             headers = self._retry_after(targets)

@@ -15,7 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 
 
 class FailureKind(enum.Enum):
-    AUTH = "auth"  # 401/403: this key is bad -> drop it from the pool, try the next key
+    AUTH = "auth"  # 401: this key is bad -> out of the pool (re-probed later), try the next key
+    FORBIDDEN = "forbidden"  # 403: this key may not use this model -> next target; the key stays
     RATE_LIMIT = "rate_limit"  # 429: cool this key down (Retry-After), next key, then next target
     SERVER = "server"  # 5xx: retry with backoff, then next target
     TIMEOUT = "timeout"  # no (first) byte in time
@@ -123,3 +124,5 @@ class ProviderSettings:
     timeout: float | None = None  # per-attempt cap; the request deadline still wins
     stream_usage: bool = True  # ask OpenAI-compatible upstreams for usage in streams
     options: dict[str, Any] = field(default_factory=dict)  # type-specific extras (e.g. local model knobs)
+    verify: bool = True  # check the upstream's TLS certificate and host name
+    ca_file: str | None = None  # PEM bundle of CAs to trust instead of the system's
