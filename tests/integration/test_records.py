@@ -11,6 +11,8 @@ import httpx
 import openai
 import pytest
 
+from portway.stores.records import UsageRecord
+from portway.stores.sql.database import Database
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess
@@ -62,9 +64,54 @@ def test_every_outcome_is_recorded_and_drained_on_shutdown(
     assert all(float(str(r["latency_ms"])) > 0 for r in got)
 
 
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+async def _write_one(db_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{db_path}")
+    try:
+        await db.migrate()
+        await db.write_usage([UsageRecord(1.0, "r1", "master", "m", None, None, 200, 1.0)])
+        for suffix in ("", "-wal", "-shm"):  # checked while open: a clean close removes the WAL files
+            assert _mode(db_path.with_name(db_path.name + suffix)) == 0o600, suffix
+    finally:
+        await db.aclose()
+
+
+async def test_sqlite_files_are_0600_in_a_0700_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "fresh" / "data"
+    await _write_one(data / "portway.db")
+    assert _mode(data) == 0o700
+
+
+async def test_sqlite_files_an_older_portway_left_readable_are_tightened(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    (data / "master.key").write_text("sk-pw-x")
+    con = sqlite3.connect(data / "portway.db")  # as SQLite itself made it: 0644 under umask 022
+    con.execute("CREATE TABLE t (x)")
+    con.close()
+    for suffix in ("", "-wal", "-shm"):  # WAL files a crash left behind (empty ones are valid)
+        path = data / f"portway.db{suffix}"
+        path.touch()
+        os.chmod(path, 0o644)
+    await _write_one(data / "portway.db")
+    assert _mode(data) == 0o700  # holds only portway's files: tightened
+    shared = tmp_path / "shared"  # e.g. the working directory: other files in it, left as it is
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    (shared / "notes.txt").write_text("mine")
+    await _write_one(shared / "portway.db")
+    assert _mode(shared) == 0o755
+
+
 def test_master_key_generated_once_with_mode_0600(tmp_path: Path) -> None:
     gw = PortwayProcess(tmp_path, None, master_key=None)
     try:
+        db_files = [gw.data_dir / n for n in ("portway.db", "portway.db-wal", "portway.db-shm")]
+        assert [_mode(p) for p in db_files] == [0o600] * 3 and _mode(gw.data_dir) == 0o700
         key_file = gw.data_dir / "master.key"
         key = key_file.read_text().strip()
         assert key.startswith("sk-pw-") and len(key) > 40

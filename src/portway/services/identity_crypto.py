@@ -119,7 +119,7 @@ def load_or_create_secret(
     if from_env:
         return from_env.encode()
     path = data_dir / filename
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds secrets and the database
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -1,9 +1,16 @@
-"""What the gateway hands to storage after each request (never awaited on the hot path)."""
+"""What the gateway hands to storage after each request (never awaited on the hot path).
+
+`sanitize` makes records storable before they reach a database: a client chooses the model name (and an
+upstream its own), so a record may hold a NUL byte, a 300-character name or a number no column takes, and one
+such row used to fail its whole batch. It runs in the usage writer at flush time, not per request.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from portway.stores.sql.tables import INT_MAX, INT_MIN, request_log
 
 
 @dataclass(slots=True)
@@ -27,3 +34,109 @@ class UsageRecord:
 
 class UsageSink(Protocol):
     async def write_usage(self, records: list[UsageRecord]) -> None: ...
+
+
+def _length(name: str) -> int:
+    length = request_log.c[name].type.length  # type: ignore[attr-defined]
+    assert isinstance(length, int)
+    return length
+
+
+# The column lengths, from the table itself so the two cannot drift apart.
+_RID, _PRINCIPAL, _REQUESTED, _PROVIDER, _SERVED, _ERROR = (
+    _length(n)
+    for n in ("request_id", "principal", "requested_model", "provider", "served_model", "error_code")
+)
+_TEXT = (
+    ("request_id", _RID, False),
+    ("principal", _PRINCIPAL, False),
+    ("requested_model", _REQUESTED, False),
+    ("provider", _PROVIDER, True),
+    ("served_model", _SERVED, True),
+    ("error_code", _ERROR, True),
+)
+_INTS = ("status", "prompt_tokens", "completion_tokens", "attempts")
+_FLOATS = ("ts", "latency_ms", "cost_usd")
+_BOOLS = ("stream", "usage_estimated")
+
+
+def _storable(r: UsageRecord) -> bool:
+    """The fast check: True for the usual record (short ASCII text, numbers in range), with no copying."""
+    p, s, e = r.provider, r.served_model, r.error_code
+    text = f"{r.request_id}{r.principal}{r.requested_model}{p or ''}{s or ''}{e or ''}"
+    return (
+        text.isascii()  # non-ASCII text is fine, but is checked for lone surrogates in the slow path
+        and "\x00" not in text
+        and len(r.request_id) <= _RID
+        and len(r.principal) <= _PRINCIPAL
+        and len(r.requested_model) <= _REQUESTED
+        and (p is None or len(p) <= _PROVIDER)
+        and (s is None or len(s) <= _SERVED)
+        and (e is None or len(e) <= _ERROR)
+        and type(r.status) is int
+        and INT_MIN <= r.status <= INT_MAX
+        and type(r.prompt_tokens) is int
+        and 0 <= r.prompt_tokens <= INT_MAX
+        and type(r.completion_tokens) is int
+        and 0 <= r.completion_tokens <= INT_MAX
+        and type(r.attempts) is int
+        and INT_MIN <= r.attempts <= INT_MAX
+        and r.ts - r.ts == 0.0  # false for NaN and +-inf (and raises for a non-number)
+        and r.latency_ms - r.latency_ms == 0.0
+        and r.cost_usd - r.cost_usd == 0.0
+        and type(r.stream) is bool
+        and type(r.usage_estimated) is bool
+    )
+
+
+def _text(value: Any, limit: int, nullable: bool) -> str | None:
+    if value is None:
+        return None if nullable else ""
+    text = value if isinstance(value, str) else str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if not text.isascii():  # a lone surrogate cannot be encoded for the database: it becomes "?"
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:limit]
+
+
+def _int(value: Any, low: int) -> int:
+    if isinstance(value, float):
+        value = int(value) if value - value == 0.0 else 0
+    elif not isinstance(value, int):
+        return 0
+    return min(max(int(value), low), INT_MAX)
+
+
+def _float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return number if number - number == 0.0 else 0.0
+
+
+def _fix(r: UsageRecord) -> None:
+    for name, limit, nullable in _TEXT:
+        setattr(r, name, _text(getattr(r, name), limit, nullable))
+    for name in _INTS:
+        setattr(r, name, _int(getattr(r, name), 0 if name.endswith("_tokens") else INT_MIN))
+    for name in _FLOATS:
+        setattr(r, name, _float(getattr(r, name)))
+    for name in _BOOLS:
+        setattr(r, name, bool(getattr(r, name)))
+
+
+def sanitize(records: list[UsageRecord]) -> int:
+    """Make every record storable in place (NUL removed, text cut to its column, numbers finite and in
+    range); returns how many had to change. Only those records are touched."""
+    fixed = 0
+    for r in records:
+        try:
+            if _storable(r):
+                continue
+        except TypeError:  # e.g. a number where text belongs: the slow path converts it
+            pass
+        _fix(r)
+        fixed += 1
+    return fixed

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import operator
+import os
+import stat
 from dataclasses import fields
 from itertools import chain
 from pathlib import Path
@@ -10,10 +14,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from portway.stores.records import UsageRecord
-from portway.stores.sql.tables import SCHEMA_REVISION, request_log
+from portway.stores.sql.tables import INT_MAX, SCHEMA_REVISION, request_log
+
+log = logging.getLogger("portway.db")
 
 _FIELDS = tuple(f.name for f in fields(UsageRecord))
 _row = operator.attrgetter(*_FIELDS)  # a record's values as a tuple, in column order, in one C call
@@ -29,11 +36,55 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for an in-memory database or a `file:` URI."""
+    u = make_url(url)
+    name = u.database
+    if not name or name == ":memory:" or name.startswith("file:") or u.query.get("uri"):
+        return None
+    return Path(name)
+
+
+def _only_portway_files(folder: Path, db: Path) -> bool:
+    ours = {db.name + suffix for suffix in _SQLITE_SUFFIXES}
+    return all(n in ours or n.endswith(".key") for n in os.listdir(folder))  # the generated secrets
+
+
+def _private_sqlite(db: Path) -> None:
+    """Password hashes, key HMACs and the request log: the files 0600, the data dir 0700.
+
+    SQLite creates -wal and -shm with the main file's mode, so the main file is made (empty, which SQLite
+    takes as a new database) 0600 before SQLite opens it; files an older portway made 0644 are tightened.
+    A directory is tightened only while it holds nothing but portway's files (it may be the working dir).
+    """
+    folder = db.parent
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if stat.S_IMODE(folder.stat().st_mode) & 0o077:
+            if _only_portway_files(folder, db):
+                os.chmod(folder, 0o700)
+            else:
+                log.warning("%s is readable by other users; keep the database in a private directory", folder)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        for suffix in _SQLITE_SUFFIXES:
+            path = db.with_name(db.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                    os.chmod(path, 0o600)
+    except PermissionError as exc:  # not ours to change: say so, and let SQLite open what it can
+        log.warning("cannot make the SQLite database private: %s", exc)
+
+
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = _sqlite_file(url)
+        if db is not None:
+            _private_sqlite(db)
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -120,7 +171,8 @@ class Database:
     async def write_usage(self, records: list[UsageRecord]) -> None:
         # Plain tuples straight to the driver: SQLAlchemy's per-row parameter processing runs on the event
         # loop and, for a batch of hundreds of rows, was a stall every flush (the c=1 p99).
-        rows = [(*_row(r), r.prompt_tokens + r.completion_tokens) for r in records]
+        # Records come sanitized (each number within its column); only the sum can still overflow.
+        rows = [(*_row(r), min(r.prompt_tokens + r.completion_tokens, INT_MAX)) for r in records]
         async with self.engine.begin() as conn:
             if not self._sqlite:
                 await conn.exec_driver_sql(self._insert_sql, rows)

@@ -8,6 +8,9 @@ import sqlalchemy as sa
 # that finds the database already there skips importing Alembic at all.
 SCHEMA_REVISION = "0003"
 
+# sa.Integer is a 32-bit INTEGER on Postgres (SQLite's are 64-bit): records are clamped to the narrower one.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
 metadata = sa.MetaData()
 
 request_log = sa.Table(
