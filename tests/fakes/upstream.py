@@ -43,7 +43,7 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
     502: ("server_error", "bad_gateway", "Bad gateway."),
     503: ("server_error", "service_unavailable", "The engine is currently overloaded."),
 }
-_PLAIN_FAULTS = {"ok", "reset", "cut", "garbage", "hang"}
+_PLAIN_FAULTS = {"ok", "reset", "cut", "garbage", "hang", "nousage"}  # nousage: an answer without usage
 
 
 def parse_fault(fault: str) -> tuple[str, str]:
@@ -78,6 +78,12 @@ class RecordedRequest:
     fault: str
     completed: bool = False
     disconnected: bool = False
+    disconnected_at: float | None = None  # time.monotonic() when the client's connection was seen closed
+
+    def gone(self) -> None:
+        if self.disconnected_at is None:
+            self.disconnected_at = time.monotonic()
+        self.disconnected = True
 
 
 @dataclass
@@ -393,7 +399,8 @@ class FakeUpstream:
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             # aiohttp cancels the handler when the client goes away (handler_cancellation=True);
             # either way our final write did not finish, so undo the optimistic `completed`.
-            rec.completed, rec.disconnected = False, True
+            rec.completed = False
+            rec.gone()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return web.Response()
@@ -432,6 +439,8 @@ class FakeUpstream:
             await resp.write(payload[: len(payload) // 2])
             _abort(request)
             return resp
+        if kind == "nousage":
+            ok = {k: v for k, v in ok.items() if k != "usage"}
         return await self._send(request, rec, 200, ok)
 
     async def _stream(
@@ -444,7 +453,7 @@ class FakeUpstream:
         else:
             events.append(answer.chunk({}, answer.finish_reason))
             options = (rec.body or {}).get("stream_options")
-            if isinstance(options, dict) and options.get("include_usage") is True:
+            if isinstance(options, dict) and options.get("include_usage") is True and rec.fault != "nousage":
                 events.append({**answer.chunk_base, "choices": [], "usage": answer.usage})
             events.append("[DONE]")
         resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
@@ -453,7 +462,7 @@ class FakeUpstream:
             if i and gap and not await self._sleep(request, rec, gap):
                 return resp
             if _gone(request):
-                rec.disconnected = True
+                rec.gone()
                 return resp
             data = event.encode() if isinstance(event, str) else _dumps(event)
             rec.completed = not cut and i == len(events) - 1  # optimistic, see _finish
@@ -470,7 +479,7 @@ class FakeUpstream:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             if _gone(request):
-                rec.disconnected = True
+                rec.gone()
                 return False
             await asyncio.sleep(min(_POLL, left))
         return True

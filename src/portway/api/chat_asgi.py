@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from random import getrandbits
 from typing import Any
 
@@ -66,6 +66,60 @@ async def send_error(send: Send, err: PortwayError) -> None:
     await send({"type": "http.response.body", "body": err.body()})
 
 
+class _Departure:
+    """Cancels the request's task when its client goes away while the request is being answered.
+
+    Armed once the body is read, for the whole answer: a non-stream request waiting for its upstream as
+    much as a stream being relayed (cancelling closes the upstream connection and frees the request's and
+    the key's in-flight slots). portway's own server calls back on a disconnect (the `portway.on_disconnect`
+    extension: no task on the hot path); under any other ASGI server a task waits on `receive()` for it.
+    """
+
+    __slots__ = ("armed", "gone", "task", "watcher")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.armed = False
+        self.gone = False  # the client left, and the task was cancelled for it
+        self.watcher: asyncio.Task[None] | None = None
+
+    def arm(self, scope: Scope, receive: Receive) -> None:
+        self.armed = True
+        extensions = scope.get("extensions")
+        on_disconnect = extensions.get("portway.on_disconnect") if extensions else None
+        if on_disconnect is not None:
+            on_disconnect(self.leave)
+        else:
+            self.watcher = asyncio.create_task(self._watch(receive))
+
+    def disarm(self) -> None:
+        """From here on a disconnect cancels nothing (the answer is being sent, or was)."""
+        self.armed = False
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
+
+    def leave(self) -> None:
+        if self.armed and not self.gone:
+            self.gone = True
+            self.task.cancel()
+
+    def forgive(self) -> bool:
+        """After a CancelledError: True (and the cancellation undone) if it was ours: the client left."""
+        self.disarm()
+        if self.gone:
+            self.task.uncancel()
+        return self.gone
+
+    async def _watch(self, receive: Receive) -> None:
+        message: Message = {"type": ""}
+        while message["type"] != "http.disconnect":
+            message = await receive()
+        self.leave()
+
+
 class ChatCompletionsApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
@@ -77,27 +131,35 @@ class ChatCompletionsApp:
                 send, MethodNotAllowed("Method not allowed for this path", headers={"Allow": "POST"})
             )
             return
+        departure = _Departure()
         try:
-            reply, headers = await self._handle(scope, receive)
+            reply, headers = await self._handle(scope, receive, departure)
         except PortwayError as err:
+            departure.disarm()
             await send_error(send, err)
             return
         except asyncio.CancelledError:
+            if departure.forgive():
+                return  # the client left: the service recorded it, and nobody is left to answer
             raise
         except Exception:
+            departure.disarm()
             log.exception("unhandled error in chat completions")
             await send_error(send, PortwayError("Internal server error"))
             return
         if reply.stream is None:
+            departure.disarm()
             body = reply.body or b""
             # A length rather than chunked encoding: fewer bytes, and a client parses it with less work.
             headers += [_JSON, (b"content-length", str(len(body)).encode())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         else:
-            await _stream(scope, reply.stream, receive, send, [*_SSE, *headers])
+            await _stream(reply.stream, send, [*_SSE, *headers], departure)
 
-    async def _handle(self, scope: Scope, receive: Receive) -> tuple[ChatReply, list[tuple[bytes, bytes]]]:
+    async def _handle(
+        self, scope: Scope, receive: Receive, departure: _Departure
+    ) -> tuple[ChatReply, list[tuple[bytes, bytes]]]:
         started = time.monotonic()
         h = _header_map(scope)
         auth, api_key = h.get(b"authorization"), h.get(b"x-api-key")
@@ -113,6 +175,7 @@ class ChatCompletionsApp:
         request_id = rid.decode("latin-1")[:64] if rid else f"{getrandbits(64):016x}"
         client = scope.get("client")
         ctx = RequestContext(request_id, principal, started, client[0] if client else None, len(raw))
+        departure.arm(scope, receive)  # the body is read: from here `receive` only reports a disconnect
         reply = await self.gw.chat.chat(body, ctx)
         headers = [
             (b"x-portway-provider", reply.provider.encode()),
@@ -124,44 +187,25 @@ class ChatCompletionsApp:
 
 
 async def _stream(
-    scope: Scope, events: AsyncIterator[bytes], receive: Receive, send: Send, headers: list[Any]
+    events: AsyncGenerator[bytes, None], send: Send, headers: list[Any], departure: _Departure
 ) -> None:
     """Send events as they come; a client disconnect cancels the pump (and with it the upstream call)."""
-    pump = asyncio.current_task()
-    assert pump is not None
-    gone = False
-
-    def leave() -> None:
-        nonlocal gone
-        gone = True
-        pump.cancel()
-
-    async def watch() -> None:
-        message: Message = {"type": ""}
-        while message["type"] != "http.disconnect":
-            message = await receive()
-        leave()
-
-    # portway's own server calls back on a disconnect; under any other ASGI server a task waits for it.
-    on_disconnect = scope.get("extensions", {}).get("portway.on_disconnect")
-    watcher = None
-    if on_disconnect is not None:
-        on_disconnect(leave)
-    else:
-        watcher = asyncio.create_task(watch())
     try:
+        # The first event is pulled before anything is sent: once the relay has started, its clean-up
+        # (record, settle, key release) runs however the pump ends; an unstarted generator would skip it.
+        first = await anext(events, None)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        async for event in events:
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+        if first is not None:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
         await send(_END)
     except asyncio.CancelledError:
-        if not gone:
+        if not departure.forgive():
             raise
-        pump.uncancel()  # our own cancellation: the client left, which is not an error of ours
     finally:
-        if watcher is not None:
-            watcher.cancel()
-        await events.aclose()  # type: ignore[attr-defined]
+        departure.disarm()
+        await events.aclose()
 
 
 # The route's entry in the OpenAPI document (it is not a framework route, so it is described by hand).

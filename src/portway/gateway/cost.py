@@ -1,6 +1,8 @@
 """Prices per model and the cost of a request. Prices are USD per million tokens, from the config for now;
 the model catalog's pricing plugs in here later. A model without a price costs $0 (and counts nothing
 toward budgets), except that `local/*` is always free.
+
+Also the token estimates for usage an upstream did not report (see the end of this module).
 """
 
 from __future__ import annotations
@@ -43,3 +45,91 @@ class Pricing:
 
 def _is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
+
+
+# -- estimates, for usage the upstream did not report ------------------------------------------------------
+# An upstream that received a prompt may bill it even if it never said so (a client that hung up before the
+# usage chunk, a cut stream, a provider asked for no stream usage): such usage is estimated, recorded as
+# estimated and settled into limits and budgets like real usage, never counted as $0.
+
+BYTES_PER_TOKEN = 4
+
+# `content":` also finds "reasoning_content" (billed as completion); `\"` inside a JSON string never matches.
+_CONTENT = b'content":'
+_CONTENT_LEN = len(_CONTENT)
+_ARGUMENTS = b'arguments":'
+_BACKSLASH = 92
+
+
+def prompt_tokens_estimate(body_bytes: int) -> int:
+    """The prompt's tokens from the size of the request body (what admission reserves, too)."""
+    return body_bytes // BYTES_PER_TOKEN + 1
+
+
+def completion_tokens_estimate(chars: int, chunks: int) -> int:
+    """Completion tokens from delivered text: characters / 4, and at least one per chunk that had text."""
+    return max(-(-chars // BYTES_PER_TOKEN), chunks)
+
+
+def _string_end(data: bytes, quote: int) -> int:
+    """Index of the quote that ends the JSON string whose opening quote is at `quote` (-1: unterminated)."""
+    end = data.find(b'"', quote + 1)
+    while end != -1 and data[end - 1] == _BACKSLASH:
+        run = end - 1
+        while data[run] == _BACKSLASH:
+            run -= 1
+        if (end - 1 - run) % 2 == 0:  # an even run of backslashes escapes itself, not the quote
+            break
+        end = data.find(b'"', end + 1)
+    return end
+
+
+def _marker_chars(data: bytes, marker: bytes, i: int) -> int:
+    """Total length of the JSON string values after each `marker` from `i` on (null and numbers: 0)."""
+    total = 0
+    skip = len(marker)
+    while i != -1:
+        i += skip
+        if data[i : i + 1] == b" ":  # `"key": "value"` from servers that pretty-print
+            i += 1
+        if data[i : i + 1] == b'"':
+            end = data.find(b'"', i + 1)
+            if end != -1 and data[end - 1] == _BACKSLASH:
+                end = _string_end(data, i)
+            if end == -1:
+                break
+            total += end - i - 1
+            i = end
+        i = data.find(marker, i)
+    return total
+
+
+def text_chars(event: bytes) -> int:
+    """Characters of generated text (content, reasoning, tool-call arguments) in one SSE chunk, found by
+    searching bytes: it runs for every relayed event, where decoding JSON and walking the result costs
+    several times as much. Escapes count as their encoded length (errs towards charging more).
+    """
+    i = event.find(_CONTENT)
+    if i != -1:
+        start = i + _CONTENT_LEN
+        if event[start : start + 1] == b'"':  # the common chunk: one text field, its end not escaped
+            end = event.find(b'"', start + 1)
+            if end != -1 and event[end - 1] != _BACKSLASH and event.find(_CONTENT, end) == -1:
+                return end - start - 1
+        n = _marker_chars(event, _CONTENT, i)
+        if n:
+            return n
+    # A chunk with text has no tool-call arguments: they are searched for only when there is none.
+    i = event.find(_ARGUMENTS)
+    return 0 if i == -1 else _marker_chars(event, _ARGUMENTS, i)
+
+
+def body_text_chars(body: bytes) -> int:
+    """Characters of generated text in a whole chat.completion body (its messages may hold both text and
+    tool calls)."""
+    n = 0
+    for marker in (_CONTENT, _ARGUMENTS):
+        i = body.find(marker)
+        if i != -1:
+            n += _marker_chars(body, marker, i)
+    return n

@@ -15,7 +15,7 @@ from typing import Any
 
 from portway.config import LimitsConfig, LimitSpecConfig
 from portway.errors import ModelNotAllowed
-from portway.gateway.cost import Pricing
+from portway.gateway.cost import Pricing, prompt_tokens_estimate
 from portway.gateway.limits import Counters, Limit, LimitPlan, Reservation, raise_for
 from portway.gateway.router import Target
 from portway.providers.base import Usage
@@ -103,7 +103,7 @@ class Admission:
 
     def estimate_tokens(self, payload: dict[str, Any], body_bytes: int) -> tuple[int, int]:
         answer = payload.get("max_completion_tokens") or payload.get("max_tokens") or self.default_completion
-        return body_bytes // 4 + 1, int(answer) * int(payload.get("n") or 1)
+        return prompt_tokens_estimate(body_bytes), int(answer) * int(payload.get("n") or 1)
 
     async def admit(
         self,
@@ -123,17 +123,22 @@ class Admission:
         raise_for(decision)
         return Ticket(decision.reservation, decision.headers)
 
-    def cost(self, target: Target | None, usage: Usage | None) -> float:
-        if target is None or usage is None:
-            return 0.0
+    def cost(self, target: Target, usage: Usage) -> float:
         return self.pricing.cost(target.id, usage.prompt_tokens, usage.completion_tokens)
 
-    async def settle(self, ticket: Ticket, target: Target | None, usage: Usage | None, cost: float) -> None:
-        """Swap the estimate for real usage, or give it back when no upstream answered (target None)."""
+    def prompt_spent(self, plan: Sequence[Target], body_bytes: int) -> tuple[Usage, float]:
+        """What a request that was cancelled during its upstream call may have been billed: its prompt,
+        priced as it was reserved (at the dearest target of the plan: which attempt was running is the
+        attempt loop's business)."""
+        usage = Usage(prompt_tokens_estimate(body_bytes), 0)
+        return usage, self.pricing.estimate([t.id for t in plan], usage.prompt_tokens, 0)
+
+    async def settle(self, ticket: Ticket, usage: Usage | None, cost: float) -> None:
+        """Swap the estimate for the usage spent, or give it back when no upstream was called (None)."""
         reservation, ticket.reservation = ticket.reservation, None
         if reservation is None:
             return
-        if target is None:
+        if usage is None:
             await self.counters.release(reservation)
         else:
-            await self.counters.settle(reservation, tokens=usage.total_tokens if usage else 0, cost=cost)
+            await self.counters.settle(reservation, tokens=usage.total_tokens, cost=cost)

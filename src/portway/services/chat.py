@@ -1,7 +1,10 @@
 """Chat completions: check the caller's limits, plan targets, run attempts, hand back bytes, record usage.
 
 Usage is recorded for every outcome: success, refusal, upstream failure, a broken stream and a client
-disconnect. Limits are settled with real usage (or released) exactly once per request.
+disconnect. Limits are settled exactly once per request: with the upstream's usage, with an estimate when
+the upstream reported none (prompt from the request, completion from the text it delivered; recorded as
+estimated), with the prompt alone when the request was cancelled during its upstream call, or released
+when no upstream was called.
 """
 
 from __future__ import annotations
@@ -9,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from portway.errors import PortwayError
 from portway.gateway.attempts import AttemptRunner, Outcome
-from portway.gateway.router import Router
+from portway.gateway.cost import (
+    body_text_chars,
+    completion_tokens_estimate,
+    prompt_tokens_estimate,
+    text_chars,
+)
+from portway.gateway.router import Router, Target
 from portway.providers.base import ChatStream, Completion, UpstreamFailure, Usage
 from portway.providers.sse import error_event
 from portway.services.admission import Admission, Ticket
@@ -44,7 +53,7 @@ class ChatReply:
     provider: str
     model: str
     body: bytes | None = None  # non-stream
-    stream: AsyncIterator[bytes] | None = None  # stream: SSE events
+    stream: AsyncGenerator[bytes, None] | None = None  # stream: SSE events
     headers: dict[str, str] | None = None  # x-ratelimit-* for the caller
 
 
@@ -65,6 +74,7 @@ class ChatService:
         model = payload["model"]
         stream = bool(payload.get("stream"))
         ticket = Ticket()
+        calling: list[Target] | None = None  # the plan, once its upstream calls have begun
         try:
             fallbacks = payload.get("models")
             self.admission.check_models(ctx.principal, [model, *(fallbacks or ())])
@@ -72,33 +82,71 @@ class ChatService:
             ticket = await self.admission.admit(
                 ctx.principal, ctx.client_ip, payload, ctx.body_bytes, targets
             )
+            calling = targets
             outcome = await self.runner.run(targets, payload, stream)
         except PortwayError as err:
             tried = sum(1 for a in err.extra.get("attempts", ()) if a.get("outcome") != "skipped")
             self._record(ctx, model, stream, err.status_code, error_code=err.code, attempts=tried)
-            await self.admission.settle(ticket, None, None, 0.0)
+            await self.admission.settle(ticket, None, 0.0)
             raise
-        except BaseException:  # cancelled before an answer: record first, then give the reservation back
-            self._record(ctx, model, stream, 499, error_code="client_disconnected")
-            await _shielded(self.admission.settle(ticket, None, None, 0.0))
+        except BaseException as exc:  # cancelled before an answer (the client left), or a bug of ours
+            await self._abandoned(ctx, model, stream, ticket, calling, exc)
             raise
         target = outcome.target
         if isinstance(outcome.result, Completion):
-            usage = outcome.result.usage
+            usage, estimated = outcome.result.usage, False
+            if usage is None:  # rare: only then is the body searched for its text
+                chars = body_text_chars(outcome.result.body)
+                usage, estimated = _estimate(ctx, chars, 1 if chars else 0), True
             cost = self.admission.cost(target, usage)
-            self._record(ctx, model, stream, 200, outcome=outcome, usage=usage, cost=cost)
-            await self.admission.settle(ticket, target, usage, cost)
+            self._record(
+                ctx, model, stream, 200, outcome=outcome, usage=usage, cost=cost, estimated=estimated
+            )
+            await self.admission.settle(ticket, usage, cost)
             return ChatReply(target.provider, target.model, body=outcome.result.body, headers=ticket.headers)
         relay = self._relay(outcome.result, outcome, model, ctx, ticket)
         return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers)
 
+    async def _abandoned(
+        self,
+        ctx: RequestContext,
+        model: str,
+        stream: bool,
+        ticket: Ticket,
+        calling: list[Target] | None,
+        exc: BaseException,
+    ) -> None:
+        """Record first (synchronously), then settle: an upstream that had the prompt may bill it."""
+        usage, cost = self.admission.prompt_spent(calling, ctx.body_bytes) if calling else (None, 0.0)
+        gone = isinstance(exc, asyncio.CancelledError)
+        self._record(
+            ctx,
+            model,
+            stream,
+            499 if gone else 500,
+            usage=usage,
+            error_code="client_disconnected" if gone else "internal_error",
+            cost=cost,
+            estimated=usage is not None,
+        )
+        await _shielded(self.admission.settle(ticket, usage, cost))
+
     async def _relay(
         self, upstream: ChatStream, outcome: Outcome, model: str, ctx: RequestContext, ticket: Ticket
-    ) -> AsyncIterator[bytes]:
-        """Pass events through; a mid-stream break becomes an SSE error event, never a silent truncation."""
+    ) -> AsyncGenerator[bytes, None]:
+        """Pass events through; a mid-stream break becomes an SSE error event, never a silent truncation.
+
+        The text of each event is counted (a few byte searches, well under a microsecond) so that a stream
+        that ends without the upstream's usage (client gone first, cut, no stream usage) is still charged.
+        """
         status, code = 200, None
+        chars = chunks = 0
         try:
             async for event in upstream:
+                n = text_chars(event)
+                if n:
+                    chars += n
+                    chunks += 1
                 yield event
         except UpstreamFailure as failure:
             status, code = 502, "upstream_error"
@@ -111,9 +159,22 @@ class ChatService:
             # Synchronous bookkeeping first: after a disconnect every await here may be cancelled again.
             outcome.release()
             usage = upstream.usage
+            estimated = usage is None
+            if usage is None:
+                usage = _estimate(ctx, chars, chunks)
             cost = self.admission.cost(outcome.target, usage)
-            self._record(ctx, model, True, status, outcome=outcome, usage=usage, error_code=code, cost=cost)
-            await _shielded(upstream.aclose(), self.admission.settle(ticket, outcome.target, usage, cost))
+            self._record(
+                ctx,
+                model,
+                True,
+                status,
+                outcome=outcome,
+                usage=usage,
+                error_code=code,
+                cost=cost,
+                estimated=estimated,
+            )
+            await _shielded(upstream.aclose(), self.admission.settle(ticket, usage, cost))
 
     def _record(
         self,
@@ -127,6 +188,7 @@ class ChatService:
         error_code: str | None = None,
         attempts: int | None = None,
         cost: float = 0.0,
+        estimated: bool = False,
     ) -> None:
         target = outcome.target if outcome else None
         self.record(
@@ -145,5 +207,11 @@ class ChatService:
                 attempts=len(outcome.attempts) if outcome and attempts is None else (attempts or 0),
                 error_code=error_code,
                 cost_usd=cost,
+                usage_estimated=estimated,
             )
         )
+
+
+def _estimate(ctx: RequestContext, chars: int, chunks: int) -> Usage:
+    """Usage the upstream did not report: the prompt from the request, the completion from delivered text."""
+    return Usage(prompt_tokens_estimate(ctx.body_bytes), completion_tokens_estimate(chars, chunks))
