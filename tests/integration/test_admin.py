@@ -161,9 +161,28 @@ def test_validation_errors_are_400(gw: PortwayProcess) -> None:
         ("POST", "/admin/users", {"email": "short@example.com", "password": "short"}),
         ("POST", "/admin/key-policies", {"name": "bad name!", "period_seconds": 10}),
         ("POST", "/admin/key-policies", {"name": "fast", "period_seconds": 0.01}),
+        # Out of range: each of these used to reach the database or the counters and come back as a 500.
+        ("POST", "/admin/keys", {"tpm": 2**65}),
+        ("POST", "/admin/keys", {"rpm": 2**31}),
+        ("POST", "/admin/keys", {"budget_usd": 1e300}),
+        ("POST", "/admin/keys", {"expires_in_seconds": 1e300}),
+        ("POST", "/admin/keys", {"expires_at": "9999-12-31T23:59:59-23:00"}),
+        ("POST", "/admin/keys", {"name": "a\x00b"}),
+        ("POST", "/admin/keys", {"allowed_models": ["ok", "\x00"]}),
+        ("POST", "/admin/keys", {"metadata": {"n": 2**70}}),
+        ("POST", "/admin/keys", {"metadata": {"s": "\x00"}}),
+        ("POST", "/admin/users", {"email": "a@b.c", "daily_requests": 2**63}),
+        ("POST", "/admin/key-policies", {"name": "huge", "period_days": 1e300}),
+        ("POST", "/admin/key-policies", {"name": "grace", "grace_seconds": 1e300}),
     ]
     for method, path, body in cases:
         assert err(call(gw, method, path, json=body), 400) == "validation_error", body
+    for raw in (b'{"budget_usd": NaN}', b'{"budget_usd": Infinity}', b'{"name": "\\ud800"}'):
+        headers = {**gw.headers(), "Content-Type": "application/json"}
+        r = httpx.post(gw.url + "/admin/keys", content=raw, headers=headers, timeout=10)
+        assert err(r, 400) == "validation_error", raw
+    for path in ("/admin/keys?offset=313657725801729884160", "/admin/keys/a%00b", "/admin/users?email=%00"):
+        assert err(call(gw, "GET", path), 400) == "validation_error", path
     ok(call(gw, "POST", "/admin/users", json={"email": "twice@example.com"}), 201)
     assert (
         err(call(gw, "POST", "/admin/users", json={"email": "TWICE@example.com"}), 400) == "validation_error"

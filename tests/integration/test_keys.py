@@ -276,3 +276,41 @@ async def test_expired_cache_entry_is_reloaded_once_for_concurrent_requests(tmp_
         assert queries == 1  # single flight: one query for all fifty, not fifty
     finally:
         await db.aclose()
+
+
+def test_per_user_default_applies_to_users_without_limits(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Regression: a user's all-empty LimitSpec was truthy, so limits.per_user (seed 003's daily quota)
+    never applied. Admission and /v1/me now share one computation of the limits that apply."""
+    cfg = {**gateway_config(upstream), "limits": {"per_user": {"daily_requests": 3}}}
+    proc = PortwayProcess(tmp_path, cfg)
+    try:
+
+        def user_token(email: str, **limits: Any) -> tuple[str, str]:
+            creds = {"email": email, "password": "a long password"}
+            user = admin(proc, "POST", "/admin/users", json=creds | limits).json()
+            login = httpx.post(proc.url + "/auth/login", json=creds, timeout=10)
+            return user["id"], login.json()["access_token"]
+
+        def chat(token: str) -> httpx.Response:
+            body = {"model": "direct", "messages": MSGS}
+            return httpx.post(proc.base_url + "/chat/completions", json=body, headers=proc.headers(token))
+
+        plain_id, plain = user_token("plain@example.com")
+        _, own = user_token("own@example.com", daily_requests=5)
+        assert [chat(plain).status_code for _ in range(3)] == [200, 200, 200]
+        refused = chat(plain)
+        assert refused.status_code == 429 and error_code(refused) == "quota_exceeded", refused.text
+        assert [chat(own).status_code for _ in range(5)] == [200] * 5  # their own limit, not the default
+        assert error_code(chat(own)) == "quota_exceeded"
+
+        me = httpx.get(proc.base_url + "/me", headers=proc.headers(plain)).json()
+        assert [(u["kind"], u["limit"], u["used"]) for u in me["limits"]] == [("daily_requests", 3, 3)]
+        me = httpx.get(proc.base_url + "/me", headers=proc.headers(own)).json()
+        assert [(u["kind"], u["limit"], u["remaining"]) for u in me["limits"]] == [("daily_requests", 5, 0)]
+        usage = admin(proc, "GET", f"/admin/users/{plain_id}/usage").json()
+        assert [(u["kind"], u["limit"], u["used"]) for u in usage["limits"]] == [("daily_requests", 3, 3)]
+        # A key owned by a user without limits counts against that user's default quota too.
+        key = admin(proc, "POST", "/admin/keys", json={"name": "k", "user_id": plain_id}).json()["key"]
+        assert error_code(chat(key)) == "quota_exceeded"
+    finally:
+        proc.stop()

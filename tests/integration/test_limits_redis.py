@@ -16,12 +16,17 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from portway import errors
 from portway.gateway.limits import Decision, Limit, LimitKind, RedisCounters, raise_for
+from tests.fakes.upstream import FakeUpstream
+from tests.integration.conftest import gateway_config
+from tests.integration.server import PortwayProcess
 
 pytestmark = pytest.mark.redis
 
@@ -107,6 +112,94 @@ async def test_a_burst_larger_than_the_pool_queues_instead_of_failing_open(prefi
         await c.aclose()
 
 
+class SlowConnects:
+    """A TCP proxy in front of the shared Redis whose new connections answer only after ``delay``: connecting
+    is slow (a cold host, TLS, a remote Redis), every later round trip is not."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.server: asyncio.Server | None = None
+        self.url = ""
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> SlowConnects:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()  # each pump sees the end and finishes (a delayed one after its delay)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", 6379)
+        self.writers += [client_w, redis_w]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float) -> None:
+            with contextlib.suppress(OSError):
+                first = await src.read(65536)
+                await asyncio.sleep(delay)
+                while first:
+                    dst.write(first)
+                    await dst.drain()
+                    first = await src.read(65536)
+            dst.close()
+
+        await asyncio.gather(pump(client_r, redis_w, 0.0), pump(redis_r, client_w, self.delay))
+
+
+async def test_cold_starts_with_slow_connects_admit_exactly_the_limit(prefix: str) -> None:
+    """Regression: each connection used to be opened inside the operation timeout, so a burst right after
+    start timed out connecting and failed open (81, 69, 71, 74 of 200 admitted at rpm=50). Now ``start``
+    fills the pool within the connect timeout, and the burst is exact: four cold starts of two gateways."""
+    async with SlowConnects(delay=0.2) as proxy:
+        for round_ in range(4):
+            limits = [rpm(f"key:cold{round_}", 50)]
+            gateways = [
+                RedisCounters(
+                    proxy.url, prefix=prefix, socket_timeout=0.15, connect_timeout=2.0, max_connections=16
+                )
+                for _ in range(2)
+            ]
+            try:
+                assert [g.status() for g in gateways] == ["connecting", "connecting"]
+                await asyncio.gather(*(g.start() for g in gateways))
+                assert [g.status() for g in gateways] == ["ok", "ok"]
+                burst = [g.admit(limits, tokens=1, cost=0.0, now=NOW) for g in gateways for _ in range(200)]
+                decisions = await asyncio.gather(*burst)
+                assert sum(d.degraded for d in decisions) == 0
+                assert sum(d.allowed for d in decisions) == 50
+            finally:
+                await asyncio.gather(*(g.aclose() for g in gateways))
+
+
+async def test_start_with_redis_down_is_bounded_and_keeps_connecting(own_redis: ThrowawayRedis) -> None:
+    await own_redis.kill()
+    c = RedisCounters(own_redis.url, connect_timeout=0.5)
+    try:
+        started = time.perf_counter()
+        await c.start()  # refused at once: start goes on, limits fail open/closed, connecting goes on
+        assert time.perf_counter() - started < 0.5
+        assert c.status() == "connecting"
+        d = await timed_admit(c, [rpm("key:k1", 1)])
+        assert d.allowed and d.degraded
+        await own_redis.start()
+        for _ in range(100):  # the background retry backs off from 0.5 s
+            if c.status() == "ok":
+                break
+            await asyncio.sleep(0.05)
+        assert c.status() == "ok"
+    finally:
+        await c.aclose()
+
+
 CHILD = """
 import asyncio, sys, time
 from portway.gateway.limits import Limit, LimitKind, RedisCounters
@@ -114,7 +207,7 @@ from portway.gateway.limits import Limit, LimitKind, RedisCounters
 async def main(url: str, prefix: str, start_at: float, now: float) -> None:
     c = RedisCounters(url, prefix=prefix, socket_timeout=2.0)
     limits = [Limit("key:shared", LimitKind.RPM, 50)]
-    await c.usage(limits, now=now)  # connect before the start line, so both processes race for real
+    await c.start()  # connect before the start line, so both processes race for real
     await asyncio.sleep(max(0.0, start_at - time.time()))
     ds = await asyncio.gather(*(c.admit(limits, tokens=1, cost=0.0, now=now) for _ in range(200)))
     print(sum(d.allowed for d in ds), sum(d.degraded for d in ds))
@@ -319,3 +412,26 @@ async def test_frozen_redis_never_makes_an_admit_hang(own_redis: ThrowawayRedis)
         assert c.breaker_open
     finally:
         await c.aclose()
+
+
+async def test_ready_waits_for_redis_and_start_does_not(
+    own_redis: ThrowawayRedis, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A gateway whose Redis is down at start serves (/health), is not ready, and becomes ready by itself
+    once Redis is there: the pool is connected in the background."""
+    await own_redis.kill()
+    env = {"PORTWAY_REDIS_URL": own_redis.url, "PORTWAY_REDIS_CONNECT_TIMEOUT": "0.5"}
+    proc = await asyncio.to_thread(PortwayProcess, tmp_path, gateway_config(upstream), env=env)
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=5) as client:
+            r = await client.get("/ready")
+            assert r.status_code == 503 and r.json()["checks"]["redis"] == "connecting", r.text
+            await own_redis.start()
+            for _ in range(80):  # background retries back off from 0.5 s to 2 s
+                r = await client.get("/ready")
+                if r.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert r.status_code == 200 and r.json()["checks"]["redis"] == "ok", r.text
+    finally:
+        await asyncio.to_thread(proc.stop)

@@ -30,7 +30,7 @@ from portway.services.identity_crypto import (
 from portway.services.identity_models import KeyCreate, PolicyCreate, UserCreate, UserUpdate
 from portway.services.identity_users import Passwords
 from portway.services.jwt_tokens import JwtCodec, looks_like_jwt
-from portway.services.limit_policy import limits_for, principal_limits
+from portway.services.limit_policy import limits_for, own_limits
 from portway.services.rotation import is_due, key_valid_until, next_rotation_at, sleep_for
 from portway.settings import Settings
 from portway.stores.sql.identity import PolicyRow
@@ -192,8 +192,10 @@ def test_limit_spec_to_limits() -> None:
     assert limits_for("user:u", LimitSpec()) == []
     assert limits_for("user:u", None) == []
     assert limits_for("user:u", LimitSpec(rpm=0)) == [Limit("user:u", LimitKind.RPM, 0)]  # 0 is a limit
-    p = Principal("key:k", key_id="k", user_id="u", key_limits=LimitSpec(rpm=1), user_limits=LimitSpec(tpm=2))
-    assert [lim.scope for lim in principal_limits(p)] == ["key:k", "user:u"]
+    # No limits of one's own is None, not an empty (and truthy) spec: that is what lets limits.per_user apply.
+    assert own_limits(None, None, None, None, "total") is None
+    assert own_limits(None, None, 0, None, "total") == LimitSpec(daily_requests=0)
+    assert own_limits(None, None, None, 2.0, "daily") == LimitSpec(budget_usd=2.0, budget_period="daily")
 
 
 # -- rotation schedule -------------------------------------------------------------------------------

@@ -40,4 +40,6 @@ async def login(body: LoginRequest, request: Request) -> Response:
 @router.get("/v1/me", summary="Who am I: principal, key, user and current usage against limits")
 async def me(request: Request) -> Response:
     principal = await authenticate(request)
-    return json_response(await identity(request).me(principal, counters(request)))
+    # The limits admission enforces (key, user or limits.per_user); per-IP limits are not the caller's own.
+    limits = gateway(request).admission.limits(principal, None)
+    return json_response(await identity(request).me(principal, counters(request), limits))

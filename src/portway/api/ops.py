@@ -16,8 +16,24 @@ async def health() -> Response:
     return json_response({"status": "ok", "service": "portway", "version": __version__})
 
 
-@router.get("/ready", summary="Readiness: the stores are reachable")
+@router.get("/ready", summary="Readiness: the stores are reachable and usage records are being written")
 async def ready(request: Request) -> Response:
-    db_ok = await gateway(request).db.ping()
-    body = {"ready": db_ok, "checks": {"database": "ok" if db_ok else "unreachable"}}
-    return json_response(body, status=200 if db_ok else 503)
+    gw = gateway(request)
+    db_ok = await gw.db.ping()
+    # The writer fails readiness only once writes have failed (or one hung) past
+    # server.ready_write_failure_seconds: an idle writer is ready however long ago it last wrote.
+    writer_ok, writer = gw.usage.health()
+    # Redis (when configured) holds readiness back until its pool was first filled, not in a later outage:
+    # limits then follow their fail-open policy, and the replica keeps serving.
+    redis = gw.counters.status()
+    ok = db_ok and writer_ok and redis != "connecting"
+    body = {
+        "ready": ok,
+        "checks": {
+            "database": "ok" if db_ok else "unreachable",
+            "usage_writer": "ok" if writer_ok else "failing",
+            **({} if redis is None else {"redis": redis}),
+        },
+        "usage_writer": writer,
+    }
+    return json_response(body, status=200 if ok else 503)

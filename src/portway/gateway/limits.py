@@ -96,8 +96,8 @@ class Limit:
     def __post_init__(self) -> None:
         if not self.scope:
             raise ValueError("limit scope must not be empty")
-        if math.isnan(self.limit) or self.limit < 0:
-            raise ValueError(f"limit for {self.scope} must be >= 0, got {self.limit!r}")
+        if not math.isfinite(self.limit) or self.limit < 0:
+            raise ValueError(f"limit for {self.scope} must be a finite number >= 0, got {self.limit!r}")
         if self.kind is LimitKind.BUDGET and self.period not in BUDGET_PERIODS:
             raise ValueError(f"budget period must be one of {sorted(BUDGET_PERIODS)}, got {self.period!r}")
 
@@ -189,6 +189,15 @@ class Counters(Protocol):
     async def release(self, reservation: Reservation) -> None: ...
 
     async def usage(self, limits: Sequence[Limit], now: float | None = None) -> list[LimitUsage]: ...
+
+    async def start(self) -> None:
+        """Connect before the first request (a shared store); returns within a bounded time."""
+        return None
+
+    def status(self) -> str | None:
+        """For readiness: None (nothing to report: in-process counters), "ok", "connecting" (never reached
+        yet: not ready) or "unreachable" (an outage after start: limits follow their fail-open policy)."""
+        return None
 
     async def aclose(self) -> None: ...
 

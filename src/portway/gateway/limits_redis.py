@@ -2,10 +2,15 @@
 
 One Lua script does check-all-then-take-all for every limit of a request in a single round trip (EVALSHA),
 so N processes admit exactly as many requests as the limits allow. The hot path never waits long on Redis:
-socket and connect timeouts default to 100 ms, there are no retries, and an overall deadline bounds each
-call. A small circuit breaker stops trying Redis for ``breaker_cooldown`` seconds after
-``breaker_threshold`` consecutive errors; while Redis is unavailable each limit follows its
-``fail_open`` policy (see ``limits``).
+each operation is bounded by the operation timeout (default 100 ms) and there are no retries. A small
+circuit breaker stops trying Redis for ``breaker_cooldown`` seconds after ``breaker_threshold`` consecutive
+errors; while Redis is unavailable each limit follows its ``fail_open`` policy (see ``limits``).
+
+Connecting happens before the first request: ``start`` fills the whole pool and loads the scripts within the
+connect timeout (default 2 s). A cold pool made a burst right after start open dozens of connections inside
+the 100 ms operation timeout, time out and fail open (81 of 200 admitted at rpm=50). If Redis cannot be
+reached at start, connecting goes on in the background (``status`` stays "connecting", so readiness waits)
+while limits follow their fail-open policy.
 
 Known limitation: if Redis executes the admit script but the reply times out, the reservation is taken
 without the caller knowing (fail-open limits admit anyway; a fail-closed budget refuses and its estimate
@@ -15,6 +20,7 @@ stays reserved until the counter's period ends).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -129,6 +135,7 @@ class RedisCounters(Counters):
         url: str,
         *,
         socket_timeout: float = 0.1,
+        connect_timeout: float = 2.0,
         breaker_threshold: int = 3,
         breaker_cooldown: float = 5.0,
         prefix: str = "portway:",
@@ -138,8 +145,10 @@ class RedisCounters(Counters):
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
+            # redis-py's own timeouts bound connecting (TCP, TLS and the handshake's replies); an operation
+            # is bounded by ``self._deadline`` instead, which also covers a reconnect on the hot path.
+            socket_timeout=connect_timeout,
+            socket_connect_timeout=connect_timeout,
             # Retrying on the hot path would multiply the worst-case latency; the breaker handles outages.
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
@@ -148,9 +157,9 @@ class RedisCounters(Counters):
         self._settle_script = self._redis.register_script(SETTLE_LUA)
         self._prefix = prefix
         self._breaker = _Breaker(breaker_threshold, breaker_cooldown)
-        # Connect + EVALSHA, plus SCRIPT LOAD + EVALSHA once after a Redis restart (NOSCRIPT): each step is
-        # bounded by the socket timeout, this caps the sum in case of event-loop or DNS surprises.
-        self._deadline = socket_timeout * 4
+        # One EVALSHA normally; SCRIPT LOAD + EVALSHA once after a Redis restart (NOSCRIPT), a reconnect
+        # after an outage. A cancelled read drops its connection (redis-py), so nothing is left half-read.
+        self._deadline = socket_timeout
         # redis-py's pool raises at max_connections instead of waiting; this makes a burst queue briefly for
         # a connection instead, and tells a local burst apart from Redis failing (only the latter counts
         # toward the breaker, so a flood of requests cannot trip it and switch every limit to fail-open).
@@ -161,11 +170,72 @@ class RedisCounters(Counters):
         self._outage_logged = False
         self._saturation_logged_at = -math.inf
         self._max_connections = max_connections
+        self._connect_timeout = connect_timeout
+        self._connected = False  # the pool was filled once: readiness
+        self._connector: asyncio.Task[None] | None = None
 
     @property
     def breaker_open(self) -> bool:
         """True while Redis is considered down (admissions use the fail-open/closed policy)."""
         return self._breaker.is_open
+
+    def status(self) -> str:
+        if not self._connected:
+            return "connecting"
+        return "unreachable" if self._breaker.is_open else "ok"
+
+    async def start(self) -> None:
+        """Connect the whole pool before the first request, within the connect timeout; if Redis cannot be
+        reached, keep trying in the background instead of holding up the start."""
+        if self._connector is None and not await self._warm():
+            self._connector = asyncio.create_task(self._keep_connecting(), name="portway-redis-connect")
+
+    async def _keep_connecting(self, delay: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(delay)
+            if await self._warm():
+                return
+            delay = min(delay * 2, 2.0)
+
+    async def _warm(self) -> bool:
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self._fill_pool()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._note_outage(exc)
+            return False
+        self._connected = True
+        log.info("limits: connected to Redis (%d connections)", self._max_connections)
+        return True
+
+    async def _fill_pool(self) -> None:
+        pool = self._redis.connection_pool
+        held: list[Any] = []
+
+        async def take() -> None:
+            # Through the semaphore, like every call: the pool raises instead of waiting when it is full.
+            await self._connections.acquire()
+            try:
+                held.append(await pool.get_connection())  # type: ignore[no-untyped-call]
+            except BaseException:
+                self._connections.release()
+                raise
+
+        try:
+            await take()  # one first: an unreachable Redis costs one attempt, not one per connection
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self._max_connections - 1):
+                    group.create_task(take())
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None
+        finally:
+            for conn in held:
+                await pool.release(conn)
+                self._connections.release()
+        async with self._connections:
+            # A restarted Redis has no scripts: loading them now spares the first burst a NOSCRIPT round.
+            await self._redis.script_load(ADMIT_LUA)
+            await self._redis.script_load(SETTLE_LUA)
 
     async def _call(self, op: Callable[[], Awaitable[Any]]) -> Any | None:
         """Run one Redis operation under the breaker and deadline; None means Redis is unavailable."""
@@ -268,4 +338,8 @@ class RedisCounters(Counters):
         return [usage_of(limit, s, v) for limit, s, v in zip(limits, slots, stored, strict=True)]
 
     async def aclose(self) -> None:
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connector
         await self._redis.aclose()

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from portway.errors import ConfigError, InvalidApiKey, NotFound, ValidationError
-from portway.gateway.limits import Counters
+from portway.gateway.limits import Counters, Limit
 from portway.services.auth import LimitSpec, Principal
 from portway.services.identity_cache import TTLCache
 from portway.services.identity_crypto import SECRET_KEY_FILE, KeyHasher, Sealer, load_or_create_secret
@@ -32,7 +32,7 @@ from portway.services.identity_keys import KeyService, key_json, key_limit_spec
 from portway.services.identity_models import LoginRequest
 from portway.services.identity_users import Passwords, UserService, user_limit_spec
 from portway.services.jwt_tokens import DEFAULT_EXPIRE_SECONDS, JWT_KEY_FILE, JwtCodec
-from portway.services.limit_policy import limits_for, principal_limits, usage_json
+from portway.services.limit_policy import limits_for, usage_json
 from portway.services.rotation import Rotator
 from portway.settings import Settings
 from portway.stores.sql.identity import IdentityStore, KeyRow, UserRow
@@ -262,7 +262,7 @@ class Identity:
         return {"access_token": token, "token_type": "bearer", "expires_in": self.jwt.expire_seconds}
 
     @staticmethod
-    async def usage(scope: str, spec: LimitSpec, counters: Counters) -> dict[str, Any]:
+    async def usage(scope: str, spec: LimitSpec | None, counters: Counters) -> dict[str, Any]:
         limits = limits_for(scope, spec)
         usages = await counters.usage(limits) if limits else []
         return {"scope": scope, "limits": [usage_json(u) for u in usages]}
@@ -271,11 +271,17 @@ class Identity:
         key = await self.keys.get(key_id)
         return await self.usage(f"key:{key.id}", key_limit_spec(key), counters)
 
-    async def user_usage(self, user_id: str, counters: Counters) -> dict[str, Any]:
+    async def user_usage(
+        self, user_id: str, counters: Counters, default: LimitSpec | None = None
+    ) -> dict[str, Any]:
+        """A user's usage against the limits admission applies: their own, else ``default``
+        (``limits.per_user``)."""
         user = await self.users.get(user_id)
-        return await self.usage(f"user:{user.id}", user_limit_spec(user), counters)
+        return await self.usage(f"user:{user.id}", user_limit_spec(user) or default, counters)
 
-    async def me(self, principal: Principal, counters: Counters) -> dict[str, Any]:
+    async def me(self, principal: Principal, counters: Counters, limits: Sequence[Limit]) -> dict[str, Any]:
+        """``limits`` are the ones admission applies to this caller (``Admission.limits``): one computation,
+        so /v1/me cannot disagree with what is enforced."""
         key = user = None
         if principal.key_id is not None:
             with contextlib.suppress(NotFound):
@@ -283,7 +289,6 @@ class Identity:
         if principal.user_id is not None:
             with contextlib.suppress(NotFound):
                 user = self.users.to_json(await self.users.get(principal.user_id))
-        limits = principal_limits(principal)
         usages = await counters.usage(limits) if limits else []
         return {
             "principal": principal.id,

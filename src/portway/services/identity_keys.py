@@ -11,12 +11,12 @@ from portway.errors import NotFound, ValidationError
 from portway.services.auth import LimitSpec
 from portway.services.identity_crypto import KeyHasher, display_prefix, new_api_key, new_id
 from portway.services.identity_models import KeyCreate, KeyUpdate, limit_values
-from portway.services.limit_policy import iso
+from portway.services.limit_policy import iso, own_limits
 from portway.stores.sql.identity import IdentityStore, KeyRow
 
 
-def key_limit_spec(key: KeyRow) -> LimitSpec:
-    return LimitSpec(key.rpm, key.tpm, key.daily_requests, key.budget_usd, key.budget_period)
+def key_limit_spec(key: KeyRow) -> LimitSpec | None:
+    return own_limits(key.rpm, key.tpm, key.daily_requests, key.budget_usd, key.budget_period)
 
 
 def key_status(key: KeyRow, now: float) -> str:

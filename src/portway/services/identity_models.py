@@ -16,6 +16,14 @@ _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 _POLICY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_METADATA_BYTES = 8 * 1024
 MIN_PERIOD_SECONDS = 1.0
+# Every number is bounded where it is parsed, so nothing out of range reaches the database or the counters:
+# counts fit the 32-bit INTEGER columns (Postgres), dollars stay exact as integer micro-dollars in Redis and
+# Lua (< 2**53), and durations keep every derived timestamp inside datetime's range.
+MAX_COUNT = 2**31 - 1
+MAX_BUDGET_USD = 1e9
+MAX_SECONDS = 100 * 366 * 86_400.0  # a century
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 LIMIT_FIELDS = ("rpm", "tpm", "daily_requests", "budget_usd", "budget_period")
 
 
@@ -24,8 +32,30 @@ def limit_values(obj: Any) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in LIMIT_FIELDS}
 
 
+def check_text(value: str) -> str:
+    """Text every database stores: no NUL (Postgres refuses it) and no unpaired surrogate (not UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no unpaired surrogates)") from None
+    return value
+
+
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            check_text(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    check_text(item)
+        return value
 
 
 def normalize_email(email: str) -> str:
@@ -54,16 +84,25 @@ def _check_models(value: ModelPatterns) -> ModelPatterns:
 
 
 def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+    if value is None:
+        return None
+    try:
+        # orjson refuses what JSON columns cannot hold portably: integers beyond 64 bits, surrogates, depth.
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"metadata is not storable JSON ({exc})") from None
+    if len(encoded) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must serialize to at most {MAX_METADATA_BYTES} bytes of JSON")
+    if b"\\u0000" in encoded:
+        raise ValueError("metadata must not contain NUL characters")
     return value
 
 
 class LimitFields(_Input):
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
-    daily_requests: int | None = Field(default=None, ge=0)
-    budget_usd: float | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    tpm: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    daily_requests: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD)
     budget_period: BudgetPeriod = "total"
 
     def limit_spec(self) -> LimitSpec:
@@ -73,10 +112,10 @@ class LimitFields(_Input):
 class LimitPatch(_Input):
     """Limit changes: a field sent as null removes that limit; a field not sent keeps it."""
 
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
-    daily_requests: int | None = Field(default=None, ge=0)
-    budget_usd: float | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    tpm: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    daily_requests: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD)
     budget_period: BudgetPeriod | None = None
 
     def changes(self) -> dict[str, Any]:
@@ -89,12 +128,15 @@ class LimitPatch(_Input):
 
 class _Expiry(_Input):
     expires_at: datetime | None = None
-    expires_in_seconds: float | None = Field(default=None, gt=0)
+    expires_in_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
 
     @field_validator("expires_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        return _utc(value)
+        value = _utc(value)
+        if value is not None and not EARLIEST <= value < LATEST:
+            raise ValueError("must lie between 1970-01-01 and 9999-01-01 (UTC)")
+        return value
 
     @model_validator(mode="after")
     def _one_expiry(self) -> _Expiry:
@@ -141,9 +183,9 @@ class KeyUpdate(LimitPatch, _Expiry):
 
 class PolicyCreate(LimitFields):
     name: str = Field(min_length=1, max_length=128)
-    period_seconds: float | None = Field(default=None, ge=MIN_PERIOD_SECONDS)
-    period_days: float | None = Field(default=None, gt=0)
-    grace_seconds: float = Field(default=0.0, ge=0)
+    period_seconds: float | None = Field(default=None, ge=MIN_PERIOD_SECONDS, le=MAX_SECONDS)
+    period_days: float | None = Field(default=None, gt=0, le=MAX_SECONDS / 86_400)
+    grace_seconds: float = Field(default=0.0, ge=0, le=MAX_SECONDS)
     allowed_models: list[str] | None = None
 
     _models = field_validator("allowed_models")(_check_models)

@@ -15,7 +15,7 @@ from portway.errors import InvalidApiKey, NotFound, ValidationError
 from portway.services.auth import LimitSpec
 from portway.services.identity_crypto import new_id
 from portway.services.identity_models import UserCreate, UserUpdate, limit_values, normalize_email
-from portway.services.limit_policy import iso
+from portway.services.limit_policy import iso, own_limits
 from portway.stores.sql.identity import DuplicateError, IdentityStore, UserRow
 
 LOGIN_FAILED = "Incorrect email or password"
@@ -53,8 +53,9 @@ class Passwords:
         return await asyncio.to_thread(self._verify, hashed, password)
 
 
-def user_limit_spec(user: UserRow) -> LimitSpec:
-    return LimitSpec(user.rpm, user.tpm, user.daily_requests, user.budget_usd, user.budget_period)
+def user_limit_spec(user: UserRow) -> LimitSpec | None:
+    """The user's own limits; None without any, so that admission applies ``limits.per_user``."""
+    return own_limits(user.rpm, user.tpm, user.daily_requests, user.budget_usd, user.budget_period)
 
 
 class UserService:

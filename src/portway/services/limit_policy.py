@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from portway.gateway.limits import Limit, LimitKind, LimitUsage
-from portway.services.auth import LimitSpec, Principal
+from portway.services.auth import LimitSpec
 
 
 def limits_for(scope: str, spec: LimitSpec | None) -> list[Limit]:
@@ -28,14 +28,17 @@ def limits_for(scope: str, spec: LimitSpec | None) -> list[Limit]:
     return out
 
 
-def principal_limits(principal: Principal) -> list[Limit]:
-    """Every key and user limit that applies to a principal (IP limits are the caller's business)."""
-    out: list[Limit] = []
-    if principal.key_id is not None:
-        out += limits_for(f"key:{principal.key_id}", principal.key_limits)
-    if principal.user_id is not None:
-        out += limits_for(f"user:{principal.user_id}", principal.user_limits)
-    return out
+def own_limits(
+    rpm: int | None, tpm: int | None, daily: int | None, budget_usd: float | None, period: str
+) -> LimitSpec | None:
+    """The limits stored on a key or user, or None when it has none of its own.
+
+    None matters: it is what lets ``limits.per_user`` stand in for a user without limits (a LimitSpec of
+    all-None fields is truthy, and used to hide the default).
+    """
+    if rpm is None and tpm is None and daily is None and budget_usd is None:
+        return None
+    return LimitSpec(rpm, tpm, daily, budget_usd, period)
 
 
 def iso(ts: float | None) -> str | None:

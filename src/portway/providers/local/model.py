@@ -104,7 +104,7 @@ class LoadedModel:
                 FailureKind.BAD_REQUEST,
                 "messages cannot be formatted with the local model's chat template",
                 status=400,
-                error_code="invalid_request_error",
+                error_code="validation_error",
                 param="messages",
             ) from exc
         prompt: str = result.prompt

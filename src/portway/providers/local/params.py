@@ -25,7 +25,7 @@ class GenerationRequest:
 
 def _bad(message: str, param: str) -> NoReturn:
     raise UpstreamFailure(
-        FailureKind.BAD_REQUEST, message, status=400, error_code="invalid_request_error", param=param
+        FailureKind.BAD_REQUEST, message, status=400, error_code="validation_error", param=param
     )
 
 
