@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 from portway import __version__
 from portway.api import admin, auth, openai, ops
 from portway.api.chat_asgi import OPENAPI_PATH, ChatCompletionsApp
-from portway.api.middleware import AdmissionControl
+from portway.api.middleware import AdmissionControl, BodyLimit
 from portway.config import GatewayConfig, load_config
 from portway.errors import MethodNotAllowed, NotFound, PortwayError, ValidationError
 from portway.services.gateway import Gateway
@@ -115,13 +115,16 @@ def create_asgi(settings: Settings | None = None, cfg: GatewayConfig | None = No
 
     The door bounds the requests in flight and hands the hot route straight to its pure-ASGI handler, so a
     chat completion never pays for the framework's middleware (error, telemetry, body-limit, exception,
-    routing). Everything else, and the lifespan, goes to FastAPI. CORS, when configured, wraps both.
+    routing). Everything else, and the lifespan, goes to FastAPI behind `BodyLimit`, so that no route reads
+    more than `server.max_body_bytes` (the hot route caps its own body as it reads it). CORS, when
+    configured, wraps both.
     """
     settings = settings or Settings()
     cfg = cfg or load_config(settings.config)
     api = create_app(settings, cfg)
     fast = {"/v1/chat/completions": ChatCompletionsApp(api.state.gateway)}
-    door: ASGIApp = AdmissionControl(api, cfg.server.max_in_flight, fast=fast)
+    limited = BodyLimit(api, cfg.server.max_body_bytes)
+    door: ASGIApp = AdmissionControl(limited, cfg.server.max_in_flight, fast=fast)
     if cfg.server.cors_origins:
         door = CORSMiddleware(
             door,

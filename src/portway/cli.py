@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -65,7 +65,7 @@ def serve(
     """Serve the gateway."""
     import uvicorn
 
-    from portway.http_server import HttpProtocol
+    from portway.http_server import protocol_factory
 
     # Workers are separate processes that build their own Settings from the environment: pass options there.
     for name, value in (("CONFIG", config), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
@@ -78,6 +78,9 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _prepare(settings)
+    server = load_config(settings.config).server  # checked by _prepare
+    # The protocol is a partial with the server limits: it pickles into the worker processes.
+    protocol: Any = protocol_factory(server) if settings.http == "portway" else settings.http
     uvicorn.run(
         "portway.app:app_from_env",
         factory=True,
@@ -88,7 +91,11 @@ def serve(
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
         server_header=False,  # no "server: uvicorn" on every answer: it only tells scanners what runs here
-        http=HttpProtocol if settings.http == "portway" else settings.http,  # see http_server.py
+        http=protocol,  # see http_server.py
+        # uvicorn refuses (503, close) once this connection or task count, the new one included, is reached.
+        limit_concurrency=server.max_connections + 1,
+        timeout_keep_alive=server.keepalive_timeout,  # type: ignore[arg-type]  # a float works: a timer delay
+        h11_max_incomplete_event_size=server.max_header_bytes,  # the head cap in h11 mode
         ws="none",  # no websocket routes: do not import a websocket library into every worker
         lifespan="on",
     )

@@ -54,6 +54,12 @@ class BadHttpRequest(PortwayError):
     code = "invalid_http_request"
 
 
+class HeadersTooLarge(PortwayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
 class PayloadTooLarge(PortwayError):
     status = 413
     type = "invalid_request_error"
