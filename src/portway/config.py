@@ -151,7 +151,7 @@ class LimitSpecConfig(_Strict):
     rpm: int | None = Field(None, ge=1, description="requests per minute")
     tpm: int | None = Field(None, ge=1, description="tokens per minute")
     daily_requests: int | None = Field(None, ge=1, description="requests per UTC day")
-    budget_usd: float | None = Field(None, ge=0, description="spend allowed per budget_period")
+    budget_usd: float | None = Field(None, ge=0, le=1e9, description="spend allowed per budget_period")
     budget_period: Literal["daily", "monthly", "total"] = "total"
 
 

@@ -4,11 +4,13 @@ Why not aiohttp's client: per request it builds a ClientRequest, a payload objec
 response object with its own stream reader, and re-arms a socket-read timer on every chunk, which made
 the upstream call the largest single cost of a gateway request. Upstream calls here are always one POST
 with a body in memory and an answer read whole or relayed chunk by chunk, so a connection is a parser,
-a buffer and a waiter. Everything else (keep-alive pooling, URLs, TLS) lives in `transport`.
+a buffer and a waiter. Everything else (keep-alive pooling, URLs, TLS, proxies) lives in `transport`.
 
 Body framing follows the response: Content-Length, chunked, or (no framing) until the upstream closes.
 One request at a time per connection; a connection goes back to the pool only after its answer was read
-to the end and the upstream allows keep-alive.
+to the end and the upstream allows keep-alive. The answer is held to the limits a hostile upstream would
+test (httpx/aiohttp strictness): a hard deadline, a body cap, a head cap, no compression beyond the cap,
+and nothing after the answer is ever read as part of it.
 """
 
 from __future__ import annotations
@@ -23,18 +25,64 @@ import httptools
 # Body bytes buffered for a reader that is behind before the socket stops being read (flow control).
 _HIGH_WATER = 1 << 20
 DRAIN_SECONDS = 1.0
+MAX_HEAD_BYTES = 64 * 1024  # status line + headers (aiohttp: 8,190 per line; httpx: 100 KB in all)
+MAX_HEADER_COUNT = 128
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+# -- one error tree, httpx's shape ---------------------------------------------------------------------
 
 
 class TransportError(Exception):
     """An upstream call failed below HTTP semantics. The message never includes request data."""
 
 
-class ConnectionFailed(TransportError):
-    """Could not connect, or the connection broke before the answer was complete."""
+class TimeoutException(TransportError):
+    """A time limit ran out (connect, pool wait, or the answer's deadline / idle gap)."""
+
+
+class ConnectTimeout(TimeoutException):
+    pass
+
+
+class ReadTimeout(TimeoutException):
+    pass
+
+
+class PoolTimeout(TimeoutException):
+    pass
+
+
+class NetworkError(TransportError):
+    """The network failed: could not connect, or the connection broke mid-answer."""
+
+
+class ConnectError(NetworkError):
+    pass
+
+
+class ReadError(NetworkError):
+    pass
 
 
 class ProtocolError(TransportError):
-    """The upstream's bytes are not a valid HTTP/1.1 response."""
+    """The bytes exchanged are not a valid HTTP/1.1 exchange."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The upstream's bytes are not a valid (or an acceptable) HTTP/1.1 response."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The request itself cannot be written (e.g. a header that is not one latin-1 line)."""
+
+
+class DecodingError(TransportError):
+    """The body's Content-Encoding is unknown, corrupt, or decodes past the size cap."""
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback to stop parsing at once (carried out by httptools)."""
 
 
 class Headers(dict[str, str]):
@@ -49,15 +97,19 @@ class Response:
 
     __slots__ = (
         "_buffered",
+        "_by_bytes",
         "_chunks",
         "_conn",
         "_deadline",
+        "_decoded",
         "_decoder",
         "_done",
         "_draining",
         "_error",
         "_idle",
         "_last_data",
+        "_limit",
+        "_received",
         "_timer",
         "_waiter",
         "headers",
@@ -65,22 +117,30 @@ class Response:
         "status",
     )
 
-    def __init__(self, conn: Connection, idle_timeout: float | None, deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        idle_timeout: float | None,
+        deadline: float | None = None,
+        limit: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         self.status = 0
         self.headers = Headers()
         self.keep_alive = False
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
+        self._received = 0  # body bytes as sent (before decoding), against `_limit`
+        self._decoded = 0  # body bytes after decoding, against `_limit` too (a gzip bomb stops there)
+        self._limit = limit
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._decoder: zlib._Decompress | None = (
-            None  # zlib decompressor when the upstream compressed the body anyway
-        )
+        self._decoder: Any = None  # zlib decompressor when the upstream compressed the body anyway
         self._idle = idle_timeout
         self._deadline = deadline  # loop time by which the answer must be complete (or clear_deadline called)
         self._last_data = 0.0
+        self._by_bytes = True  # False: the caller marks progress itself (whole SSE events, not bytes)
         self._timer: asyncio.TimerHandle | None = None
         self._draining = False
 
@@ -107,7 +167,7 @@ class Response:
         chunks.clear()
         self._buffered = 0
         self._conn.resume()
-        return self._decode(data)
+        return data if self._decoder is None else self._decode(data)
 
     async def read(self) -> bytes:
         parts = []
@@ -140,23 +200,35 @@ class Response:
     async def __aenter__(self) -> Response:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.release()
+        else:  # an error or a cancel mid-answer: nobody reads the rest, so nobody may reuse the connection
+            self.close()
 
     def clear_deadline(self) -> None:
         """The answer may take as long as it keeps arriving (a stream, once committed): only the idle
         timeout applies from now on."""
         self._deadline = None
 
+    def idle_by_progress(self) -> None:
+        """From now on the idle timeout counts from the last `progress()` call, not from the last byte:
+        an upstream trickling bytes of an event that never ends is idle all the same."""
+        self._by_bytes = False
+        self._last_data = self._conn.loop.time()
+
+    def progress(self) -> None:
+        self._last_data = self._conn.loop.time()
+
+    # -- timeouts: one timer per answer, re-armed by itself, never per chunk ------------------------------
+
     async def _wait(self) -> None:
         loop = self._conn.loop
-        self._waiter = loop.create_future()
         if self._timer is None:
-            if self._idle is not None and self.status:
-                self._last_data = loop.time()
             due = self._due()
             if due is not None:
                 self._timer = loop.call_at(due, self._on_timer)
+        self._waiter = loop.create_future()
         try:
             await self._waiter
         finally:
@@ -171,37 +243,73 @@ class Response:
         return due
 
     def _on_timer(self) -> None:
-        # One timer for both limits, armed when the reader waits and re-armed from the last arrival: not a
-        # timer per chunk (nor an asyncio.timeout per request, which cost a worker ~4 % of its time).
+        # One timer for both limits (not an asyncio.timeout per request, which cost a worker ~4 % of its
+        # time). The deadline is hard: it fires whether or not bytes keep arriving or wait unread.
         self._timer = None
-        if self._done or self._error is not None or self._chunks:
-            return  # with data waiting the reader is the slow one; it re-arms when it waits
-        now = self._conn.loop.time()
+        if self._done or self._error is not None:
+            return
+        loop = self._conn.loop
+        now = loop.time()
         if self._deadline is not None and now >= self._deadline:
-            self._fail(TimeoutError("no complete answer before the deadline"))
-        else:
-            due = self._due()
-            if due is None:  # the deadline was cleared and there is no idle timeout: nothing to watch
+            self._abort(ReadTimeout("no complete answer before the deadline"))
+            return
+        if self._idle is not None and self.status:
+            if self._chunks:  # data waits for the reader: the reader is the slow one, not the upstream
+                self._last_data = now
+            elif now >= self._last_data + self._idle:
+                self._abort(ReadTimeout("upstream sent nothing within the idle timeout"))
                 return
-            if due > now:
-                self._timer = self._conn.loop.call_at(due, self._on_timer)
-                return
-            self._fail(TimeoutError("upstream sent nothing within the idle timeout"))
-        self._conn.close()
+        due = self._due()
+        if due is not None:
+            self._timer = loop.call_at(max(due, now), self._on_timer)
+
+    def _rearm(self) -> None:
+        """The idle gap starts to count: move the timer earlier if it is due later than that gap ends."""
+        due = self._due()
+        timer = self._timer
+        if due is None or (timer is not None and timer.when() <= due):
+            return  # (usually the deadline comes first: no new timer per answer)
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._conn.loop.call_at(due, self._on_timer)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
+    # -- decoding (bounded) ---------------------------------------------------------------------------
+
     def _decode(self, data: bytes) -> bytes:
-        return data if self._decoder is None else self._decoder.decompress(data)
+        decoder = self._decoder
+        room = self._limit - self._decoded
+        try:
+            out: bytes = decoder.decompress(data, room + 1)  # never more than the cap allows, plus one
+        except zlib.error:
+            raise self._abort(DecodingError("upstream sent a body that does not decode")) from None
+        self._decoded += len(out)
+        if len(out) > room:
+            raise self._abort(DecodingError("upstream body decodes to more than the response size cap"))
+        if decoder.unused_data:
+            raise self._abort(DecodingError("upstream sent bytes after the end of its compressed body"))
+        return out
 
     def _flush_decoder(self) -> bytes:
-        if self._decoder is None:
+        decoder = self._decoder
+        if decoder is None:
             return b""
-        tail, self._decoder = self._decoder.flush(), None
-        return tail
+        if not decoder.eof and self._received:
+            raise self._abort(DecodingError("upstream sent a truncated compressed body"))
+        self._decoder = None
+        return b""
+
+    def _abort(self, exc: TransportError) -> TransportError:
+        """Fail the answer now, drop what it buffered, close its connection; returns `exc` to raise."""
+        self._fail(exc)
+        self._chunks.clear()
+        self._buffered = 0
+        self._conn.close()
+        return exc
 
     # -- feeding (the protocol) --------------------------------------------------------------------------
 
@@ -211,14 +319,27 @@ class Response:
             waiter.set_result(None)
 
     def _headers_done(self, status: int, keep_alive: bool) -> None:
+        encoding = self.headers.get("content-encoding")
+        if encoding is not None:
+            encoding = encoding.strip().lower()
+            if encoding in ("gzip", "x-gzip", "deflate"):
+                self._decoder = zlib.decompressobj(wbits=47)  # 47: gzip or zlib header, detected
+            elif encoding not in ("", "identity"):  # we sent Accept-Encoding: identity
+                raise _Stop(DecodingError("upstream used a Content-Encoding portway did not ask for"))
         self.status = status
         self.keep_alive = keep_alive
-        encoding = self.headers.get("content-encoding")
-        if encoding in ("gzip", "deflate"):
-            self._decoder = zlib.decompressobj(wbits=47)  # 47: gzip or zlib header, detected
+        if self._idle is not None:  # from here on idle gaps count: the timer may be due sooner now
+            self._last_data = self._conn.loop.time()
+            self._rearm()
         self._wake()
 
     def _feed(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        self._received += len(data)
+        if self._received > self._limit:
+            self._abort(RemoteProtocolError("upstream answer is larger than the response size cap"))
+            return
         if self._draining:
             self._buffered += len(data)
             if self._buffered > _HIGH_WATER:  # not a trailing end after all: give up on this connection
@@ -226,7 +347,7 @@ class Response:
             return
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._idle is not None:
+        if self._by_bytes and self._idle is not None:
             self._last_data = self._conn.loop.time()
         if self._buffered > _HIGH_WATER:
             self._conn.pause()
@@ -243,6 +364,7 @@ class Response:
     def _fail(self, exc: BaseException) -> None:
         if not self._done and self._error is None:
             self._error = exc
+            self._stop_timer()
             self._wake()
 
 
@@ -254,20 +376,31 @@ class Connection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.counted = False  # holds one of the pool's connection slots
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._response: Response | None = None
         self._framed = True  # False: the body ends when the upstream closes the connection
         self._paused = False
+        self._head_bytes = 0  # raw bytes read while the head is incomplete
+        self._header_bytes = 0  # parsed header names and values
+        self._header_count = 0
+        self._stop: TransportError | None = None
 
     # -- the caller ---------------------------------------------------------------------------------------
 
     def request(
-        self, head: bytes, body: bytes, idle_timeout: float | None, deadline: float | None = None
+        self,
+        head: bytes,
+        body: bytes,
+        idle_timeout: float | None,
+        deadline: float | None = None,
+        limit: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> Response:
         """Write one request; the Response fills in as the answer arrives."""
         assert self.transport is not None and self._response is None
-        response = self._response = Response(self, idle_timeout, deadline)
+        response = self._response = Response(self, idle_timeout, deadline, limit)
+        self._head_bytes = self._header_bytes = self._header_count = 0
         self.transport.writelines((head, body))
         return response
 
@@ -285,6 +418,7 @@ class Connection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+        self.pool.forget(self)
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None:
@@ -302,36 +436,66 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._response is None:  # bytes nobody asked for: the connection cannot be trusted any more
+        response = self._response
+        if response is None or response._done:
+            # Bytes nobody asked for (a second, unsolicited message): never read them as part of an
+            # answer; the connection cannot be trusted any more. An answer already complete stays intact.
             self.close()
             return
+        in_head = not response.status
+        if in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._response._fail(ProtocolError("upstream sent a malformed HTTP response"))
-            self.close()
         except httptools.HttpParserUpgrade:
-            self._response._fail(ProtocolError("upstream tried to switch protocols"))
-            self.close()
+            self._fail(RemoteProtocolError("upstream tried to switch protocols"))
+            return
+        except httptools.HttpParserError:
+            self._fail(self._stop or RemoteProtocolError("upstream sent a malformed HTTP response"))
+            return
+        if in_head and not response.status and self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(RemoteProtocolError("upstream response head is larger than 64 KiB"))
+
+    def _fail(self, exc: TransportError) -> None:
+        self._stop = None
+        response = self._response
+        if response is not None and not response._done:
+            response._fail(exc)
+        self.close()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.pool.discard(self)
+        self.pool.forget(self)
         response = self._response
         if response is None or response._done:
             return
         if response.status and not self._framed:
             response._complete()  # a body without framing ends with the connection
         else:
-            response._fail(ConnectionFailed("upstream closed the connection before the answer was complete"))
+            response._fail(ReadError("upstream closed the connection before the answer was complete"))
 
     # -- httptools callbacks ------------------------------------------------------------------------------
 
+    def _halt(self, exc: TransportError | None) -> None:
+        self._stop = exc
+        raise _Stop()
+
+    def on_message_begin(self) -> None:
+        response = self._response
+        if response is None or response._done:  # a second message in the same read: not ours to parse
+            self._halt(None)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._response is not None
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value)  # a head that came whole in one read counts too
+        if self._header_count > MAX_HEADER_COUNT:
+            self._halt(RemoteProtocolError(f"upstream sent more than {MAX_HEADER_COUNT} headers"))
+        if self._header_bytes > MAX_HEAD_BYTES:
+            self._halt(RemoteProtocolError("upstream response head is larger than 64 KiB"))
         self._response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
@@ -340,10 +504,14 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # 100 Continue and friends: the real answer follows
             response.headers.clear()
+            self._header_count = 0
             return
         headers = response.headers
         self._framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "")
-        response._headers_done(status, self._framed and self._parser.should_keep_alive())
+        try:
+            response._headers_done(status, self._framed and self._parser.should_keep_alive())
+        except _Stop as stop:
+            self._halt(stop.args[0])
 
     def on_body(self, body: bytes) -> None:
         assert self._response is not None

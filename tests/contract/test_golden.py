@@ -103,7 +103,7 @@ def test_chat_response_parse(name: str) -> None:
             "auth",
             None,
         ),
-        (403, {}, b"{}", "auth", None),
+        (403, {}, b"{}", "forbidden", None),
         (429, {"Retry-After": "7"}, b"{}", "rate_limit", 7.0),
         (429, {}, b"{}", "rate_limit", None),
         (500, {}, b"oops", "server", None),
@@ -129,3 +129,36 @@ def test_error_classification(
 def test_hf_string_error_message_is_kept() -> None:
     failure = ADAPTERS["huggingface"]().classify_error(422, CIMultiDict(), b'{"error":"Input too long"}', "k")
     assert failure.message == "Input too long"
+
+
+KEY = "sk-upstream-0123456789abcdefXYZ"
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        {"message": "bad request", "code": KEY, "param": KEY},
+        {"message": f"key {KEY} rejected", "code": f"c-{KEY}", "param": f"messages[{KEY}]"},
+        {"message": f"key ...{KEY[6:20]}... rejected", "code": KEY[3:15], "param": KEY[-10:]},  # parts of it
+        {"message": f"Bearer {KEY}", "code": 400, "param": {"k": KEY}},  # not strings: dropped
+    ],
+)
+def test_bad_request_relays_no_field_with_the_key(err: dict[str, Any]) -> None:
+    body = json.dumps({"error": err}).encode()
+    failure = ADAPTERS["openai"]().classify_error(400, CIMultiDict(), body, KEY)
+    relayed = [failure.message, failure.error_code, failure.param]
+    for value in relayed:
+        assert value is None or isinstance(value, str)
+        for i in range(len(KEY) - 7):  # no 8 characters of the key in a row, anywhere
+            assert KEY[i : i + 8] not in (value or "")
+    assert failure.message == "bad request" or "***" in failure.message
+
+
+def test_bad_request_fields_without_the_key_are_relayed_as_sent() -> None:
+    body = b'{"error":{"message":"temperature must be <= 2","code":"bad_param","param":"temperature"}}'
+    failure = ADAPTERS["openai"]().classify_error(422, CIMultiDict(), body, KEY)
+    assert (failure.message, failure.error_code, failure.param) == (
+        "temperature must be <= 2",
+        "bad_param",
+        "temperature",
+    )

@@ -22,12 +22,25 @@ from portway.providers.base import (
     UpstreamFailure,
     Usage,
 )
-from portway.providers.sse import EventSplitter, event_data
-from portway.transport import ConnectionFailed, ProtocolError, Response, Transport, WireRequest
+from portway.providers.sse import EventSplitter, EventTooLarge, event_data
+from portway.transport import (
+    DecodingError,
+    NetworkError,
+    ProtocolError,
+    Response,
+    TimeoutException,
+    TLSOptions,
+    Transport,
+    TransportError,
+    WireRequest,
+)
 
 # Fields that steer the gateway itself and must not reach an upstream.
 GATEWAY_ONLY_FIELDS = frozenset({"models"})
 _MAX_FIRST_EVENT = 256 * 1024  # an upstream that sends this much without one SSE event is not speaking SSE
+_MAX_MESSAGE = 2000  # characters of an upstream's error message relayed to the client
+_MAX_FIELD = 200  # characters of an upstream's error code / param relayed to the client
+_KEY_GRAM = 8  # any run of this many characters of the key counts as (part of) the key
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -46,8 +59,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def _status_kind(status: int) -> FailureKind:
-    if status in (401, 403):
+    if status == 401:
         return FailureKind.AUTH
+    if status == 403:
+        return FailureKind.FORBIDDEN  # no permission for this model: the target's failure, not the key's
     if status == 429:
         return FailureKind.RATE_LIMIT
     if status in (400, 404, 409, 413, 422):
@@ -56,22 +71,48 @@ def _status_kind(status: int) -> FailureKind:
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None]:
-    """(message, code, param) from an OpenAI-style or Hugging Face-style error body."""
+    """(message, code, param) from an OpenAI-style or Hugging Face-style error body; a field that is
+    not a non-empty string is dropped."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None, None, None
     err = obj.get("error") if isinstance(obj, dict) else None
     if isinstance(err, str):  # Hugging Face: {"error": "message"}
-        return err, None, None
+        return err or None, None, None
     if isinstance(err, dict):
-        msg, code, param = err.get("message"), err.get("code"), err.get("param")
-        return (
-            msg if isinstance(msg, str) else None,
-            str(code) if isinstance(code, str | int) and code != "" else None,
-            param if isinstance(param, str) else None,
-        )
+        fields = (err.get("message"), err.get("code"), err.get("param"))
+        msg, code, param = (f if isinstance(f, str) and f else None for f in fields)
+        return msg, code, param
     return None, None, None
+
+
+def mask_key(text: str | None, key: str | None, limit: int) -> str | None:
+    """`text` cut to `limit` characters with the key, and any run of 8+ characters of it, as `***`:
+    an upstream may echo our key (or part of it) in any field it sends back."""
+    if text is None:
+        return None
+    text = text[:limit]
+    if not key:
+        return text
+    text = text.replace(key, "***")
+    n = min(_KEY_GRAM, len(key))
+    if len(text) < n:
+        return text
+    grams = {key[i : i + n] for i in range(len(key) - n + 1)}
+    hidden = bytearray(len(text))
+    for i in range(len(text) - n + 1):
+        if text[i : i + n] in grams:
+            hidden[i : i + n] = b"\x01" * n
+    if not any(hidden):
+        return text
+    out: list[str] = []
+    for i, ch in enumerate(text):
+        if not hidden[i]:
+            out.append(ch)
+        elif i == 0 or not hidden[i - 1]:
+            out.append("***")
+    return "".join(out)
 
 
 class OpenAICompatProvider:
@@ -89,6 +130,13 @@ class OpenAICompatProvider:
         self.settings = settings
         self.transport = transport
         self._url = settings.base_url.rstrip("/") + self.chat_path
+        self._tls = (
+            None
+            if settings.verify and not settings.ca_file
+            else TLSOptions(settings.verify, settings.ca_file)
+        )
+        if self._tls is not None:
+            transport.tls_context(self._tls)  # a bad ca_file fails at start, not at the first request
 
     # -- pure adapter ---------------------------------------------------------------------------------
 
@@ -110,7 +158,7 @@ class OpenAICompatProvider:
             headers["Accept"] = "text/event-stream"
         if call.key is not None:
             headers[self.auth_header] = self.auth_scheme + call.key
-        return WireRequest("POST", self._url, headers, orjson.dumps(body)), injected
+        return WireRequest("POST", self._url, headers, orjson.dumps(body), self._tls), injected
 
     def classify_error(self, status: int, headers: Any, body: bytes, key: str | None) -> UpstreamFailure:
         kind = _status_kind(status)
@@ -123,10 +171,13 @@ class OpenAICompatProvider:
                 kind, f"upstream returned HTTP {status}", status=status, retry_after=retry_after
             )
         message, code, param = _error_fields(body)
-        message = message or f"upstream rejected the request (HTTP {status})"
-        if key:
-            message = message.replace(key, "***")
-        return UpstreamFailure(kind, message, status=status, error_code=code, param=param)
+        return UpstreamFailure(
+            kind,
+            mask_key(message, key, _MAX_MESSAGE) or f"upstream rejected the request (HTTP {status})",
+            status=status,
+            error_code=mask_key(code, key, _MAX_FIELD),
+            param=mask_key(param, key, _MAX_FIELD),
+        )
 
     def parse_chat_response(self, body: bytes, model: str) -> Completion:
         try:
@@ -154,20 +205,14 @@ class OpenAICompatProvider:
             if not call.stream:
                 return await self._complete(req, call, timeout)
             return await self._open_stream(req, call, timeout, injected)
-        except TimeoutError:
-            raise UpstreamFailure(FailureKind.TIMEOUT, f"no answer within {timeout:g}s") from None
-        except ProtocolError:
-            raise UpstreamFailure(FailureKind.BAD_RESPONSE, "malformed upstream response") from None
-        except (ConnectionFailed, OSError) as exc:
-            raise UpstreamFailure(
-                FailureKind.CONNECTION, f"connection failed: {type(exc).__name__}"
-            ) from None
+        except (TransportError, OSError) as exc:  # (CancelledError is not an Exception: it passes)
+            raise _failure(exc, f"no answer within {timeout:g}s") from None
 
     async def _complete(self, req: WireRequest, call: ChatCall, timeout: float) -> Completion:
         async with await self.transport.send(req, timeout=timeout) as resp:
             body = await resp.read()
-            if resp.status >= 400:
-                raise self.classify_error(resp.status, resp.headers, body, call.key)
+        if resp.status >= 400:
+            raise self.classify_error(resp.status, resp.headers, body, call.key)
         return self.parse_chat_response(body, call.model)
 
     async def _open_stream(
@@ -180,14 +225,31 @@ class OpenAICompatProvider:
             resp = await self.transport.send(req, timeout=timeout, read_timeout=call.idle_timeout)
             if resp.status >= 400:
                 raise self.classify_error(resp.status, resp.headers, await resp.read(), call.key)
-            splitter = EventSplitter()
+            splitter = EventSplitter(self.transport.max_event_bytes)
             first = await _first_events(resp, splitter)
             resp.clear_deadline()
+            resp.idle_by_progress()  # committed: the idle timeout now counts gaps between whole events
         except BaseException:
             if resp is not None:
                 resp.close()
             raise
         return HttpChatStream(resp, splitter, first, strip_usage=injected, model=call.model)
+
+
+def _failure(exc: BaseException, timeout_message: str) -> UpstreamFailure:
+    """The router's failure kind for a transport error (httpx's tree: timeout, network, protocol,
+    decoding), or for an SSE event past its cap."""
+    if isinstance(exc, TimeoutException):
+        return UpstreamFailure(FailureKind.TIMEOUT, timeout_message)
+    if isinstance(exc, DecodingError):
+        return UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream body could not be decoded")
+    if isinstance(exc, ProtocolError):
+        return UpstreamFailure(FailureKind.BAD_RESPONSE, "malformed upstream response")
+    if isinstance(exc, EventTooLarge):
+        return UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream sent an event larger than the cap")
+    if isinstance(exc, NetworkError | OSError):
+        return UpstreamFailure(FailureKind.CONNECTION, f"connection failed: {type(exc).__name__}")
+    return UpstreamFailure(FailureKind.CONNECTION, "upstream call failed")
 
 
 async def _first_events(resp: Response, splitter: EventSplitter) -> list[bytes]:
@@ -197,8 +259,13 @@ async def _first_events(resp: Response, splitter: EventSplitter) -> list[bytes]:
         chunk = await resp.readany()
         if not chunk:
             raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream stream ended before any event")
-        first = splitter.feed(chunk)
-        if not first and len(splitter.pending) > _MAX_FIRST_EVENT:
+        try:
+            first = splitter.feed(chunk)
+        except EventTooLarge:
+            raise UpstreamFailure(
+                FailureKind.BAD_RESPONSE, "upstream did not send server-sent events"
+            ) from None
+        if not first and splitter.pending_bytes > _MAX_FIRST_EVENT:
             raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream did not send server-sent events")
     if not first[0].lstrip().startswith((b"data:", b":", b"event:", b"id:", b"retry:")):
         raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream did not send server-sent events")
@@ -233,18 +300,18 @@ class HttpChatStream:
             for event in self._first:
                 if self._keep(event):
                     yield event
+            resp, splitter = self._resp, self._splitter
             while not self._done:
                 try:
-                    chunk = await self._resp.readany()
-                except TimeoutError:
-                    raise UpstreamFailure(FailureKind.TIMEOUT, "upstream stream stalled") from None
-                except ProtocolError:
-                    raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream stream was malformed") from None
-                except (ConnectionFailed, OSError):
-                    raise UpstreamFailure(FailureKind.CONNECTION, "upstream stream broke off") from None
-                if not chunk:
-                    raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream stream ended before [DONE]")
-                for event in self._splitter.feed(chunk):
+                    chunk = await resp.readany()
+                    if not chunk:
+                        raise UpstreamFailure(FailureKind.BAD_RESPONSE, "upstream stream ended before [DONE]")
+                    events = splitter.feed(chunk)
+                except (TransportError, OSError, EventTooLarge) as exc:
+                    raise _failure(exc, "upstream stream stalled") from None
+                if events:
+                    resp.progress()
+                for event in events:
                     if self._keep(event):
                         yield event
         finally:

@@ -28,19 +28,26 @@ from portway.transport import Transport
 log = logging.getLogger("portway")
 
 
-def _counters(redis_url: str | None, timeout: float) -> Counters:
+def _counters(redis_url: str | None, timeout: float, connect_timeout: float) -> Counters:
     if not redis_url:
         return MemoryCounters()
     from portway.gateway.limits_redis import RedisCounters  # redis-py only when configured: ~6 MB per worker
 
-    return RedisCounters(redis_url, socket_timeout=timeout)
+    return RedisCounters(redis_url, socket_timeout=timeout, connect_timeout=connect_timeout)
 
 
 class Gateway:
     def __init__(self, settings: Settings, cfg: GatewayConfig) -> None:
         self.settings = settings
         self.cfg = cfg
-        self.transport = Transport()
+        tc = cfg.transport
+        self.transport = Transport(
+            connect_timeout=tc.connect_timeout,
+            max_connections=tc.max_connections,
+            pool_timeout=tc.pool_timeout,
+            max_response_bytes=tc.max_response_bytes,
+            max_event_bytes=tc.max_event_bytes,
+        )
         self.providers: dict[str, Provider] = {}
         self.pools: dict[str, KeyPool] = {}
         rc = cfg.routing
@@ -53,6 +60,8 @@ class Gateway:
                 timeout=pc.timeout,
                 stream_usage=pc.stream_usage,
                 options=dict(pc.options),
+                verify=pc.verify,
+                ca_file=str(pc.ca_file) if pc.ca_file is not None else None,
             )
             self.providers[name] = create_provider(ps, self.transport)
             keys: list[str | None] = list(pc.api_keys) if pc.api_keys else [None]
@@ -66,8 +75,8 @@ class Gateway:
         self.router = Router(cfg)
         self.runner = AttemptRunner(self.providers, self.pools, rc)
         self.db = Database(settings.resolved_database_url())
-        self.usage = UsageWriter(self.db)
-        self.counters = _counters(settings.redis_url, settings.redis_timeout)
+        self.usage = UsageWriter(self.db, failure_window=cfg.server.ready_write_failure_seconds)
+        self.counters = _counters(settings.redis_url, settings.redis_timeout, settings.redis_connect_timeout)
         self.pricing = Pricing({k: (p.input, p.output) for k, p in cfg.pricing.items()})
         self.admission = Admission(self.counters, self.pricing, cfg.limits)
         self.chat = ChatService(self.router, self.runner, self.admission, self._record)
@@ -85,6 +94,7 @@ class Gateway:
     async def start(self) -> None:
         await self.db.migrate()
         await self.identity.start()  # rotation timer (overdue policies rotate now) + last-used writer
+        await self.counters.start()  # Redis: a full pool before the first request (bounded wait)
         self.usage.start()
         for provider in self.providers.values():
             warm = getattr(provider, "warm", None)
