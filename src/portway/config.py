@@ -133,7 +133,7 @@ class ServerConfig(_Strict):
 
 class TransportConfig(_Strict):
     max_connections: int = Field(
-        256, ge=1, description="open connections per upstream origin, per worker (excess waits)"
+        1024, ge=1, description="open connections per upstream origin, per worker (excess waits)"
     )
     pool_timeout: float = Field(
         10.0, gt=0, description="longest wait for a free connection when an origin is at its cap (s)"

@@ -267,7 +267,7 @@ class Transport:
         connect_timeout: float = 10.0,
         keepalive: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,  # default: the system's CAs, hostnames verified
-        max_connections: int = 256,
+        max_connections: int = 1024,
         pool_timeout: float = 10.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_event_bytes: int = 1024 * 1024,
