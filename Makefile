@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-cache-dir --no-deps -w $(WHEELS) \
 	    'llama-cpp-python==$(LLAMA_VERSION)'; }
 	$(BIN)/pip install --quiet --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(BIN)/pip install --find-links $(WHEELS) -e '.[dev,local]' 'llama-cpp-python==$(LLAMA_VERSION)'
+	$(BIN)/pip install --find-links $(WHEELS) -e '.[dev,local,media]' 'llama-cpp-python==$(LLAMA_VERSION)'
 	touch $(STAMP)
 
 run: $(STAMP)
