@@ -21,7 +21,7 @@ from portway.api.chat_asgi import OPENAPI_PATH, ChatCompletionsApp
 from portway.api.middleware import AdmissionControl, BodyLimit
 from portway.config import GatewayConfig, load_config
 from portway.errors import MethodNotAllowed, NotFound, PortwayError, ValidationError
-from portway.services.gateway import Gateway
+from portway.runtime import Runtime
 from portway.settings import Settings
 
 log = logging.getLogger("portway")
@@ -76,11 +76,11 @@ def _document(app: FastAPI, path: str, item: dict[str, Any]) -> None:
 def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = None) -> FastAPI:
     settings = settings or Settings()
     cfg = cfg or load_config(settings.config)
-    gw = Gateway(settings, cfg)
+    rt = Runtime(settings, cfg)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await gw.start()
+        await rt.start()
         # Everything loaded so far lives as long as the worker: take it out of the cyclic GC's reach, so a
         # full collection walks what requests allocate, not ~hundreds of thousands of module objects
         # (a full collection over those was a multi-millisecond stall, seen in the c=1 latency tail).
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
         try:
             yield
         finally:
-            await gw.aclose()
+            await rt.aclose()
 
     app = FastAPI(
         title="portway",
@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
         description="A self-hosted, OpenAI-compatible AI gateway.",
         lifespan=lifespan,
     )
-    app.state.gateway = gw
+    app.state.runtime = rt
     app.include_router(openai.router)
     app.include_router(ops.router)
     app.include_router(auth.router)
@@ -122,7 +122,7 @@ def create_asgi(settings: Settings | None = None, cfg: GatewayConfig | None = No
     settings = settings or Settings()
     cfg = cfg or load_config(settings.config)
     api = create_app(settings, cfg)
-    fast = {"/v1/chat/completions": ChatCompletionsApp(api.state.gateway)}
+    fast = {"/v1/chat/completions": ChatCompletionsApp(api.state.runtime)}
     limited = BodyLimit(api, cfg.server.max_body_bytes)
     door: ASGIApp = AdmissionControl(limited, cfg.server.max_in_flight, fast=fast)
     if cfg.server.cors_origins:

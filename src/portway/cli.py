@@ -13,7 +13,7 @@ import typer
 
 from portway.config import load_config
 from portway.errors import ConfigError
-from portway.services.auth import MASTER_KEY_FILE, ensure_master_key
+from portway.identity.auth import MASTER_KEY_FILE, ensure_master_key
 from portway.settings import Settings
 
 app = typer.Typer(help="portway: a self-hosted, OpenAI-compatible AI gateway.", no_args_is_help=True)
@@ -65,7 +65,7 @@ def serve(
     """Serve the gateway."""
     import uvicorn
 
-    from portway.http_server import protocol_factory
+    from portway.http.server import protocol_factory
 
     # Workers are separate processes that build their own Settings from the environment: pass options there.
     for name, value in (("CONFIG", config), ("HOST", host), ("PORT", port), ("WORKERS", workers)):

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
+from portway.http.client import Transport
 from portway.providers.base import ChatCall, FailureKind, ProviderSettings
 from portway.providers.huggingface import HuggingFaceProvider
 from portway.providers.openai_compat import OpenAICompatProvider
-from portway.transport import Transport
 
 GOLDEN = Path(__file__).parent / "golden"
 PAYLOAD: dict[str, Any] = {

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from portway.services.identity import Identity, IdentityConfig
-from portway.services.identity_models import KeyCreate, PolicyCreate
+from portway.identity.models import KeyCreate, PolicyCreate
+from portway.identity.service import Identity, IdentityConfig
 from portway.stores.sql.database import Database
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config

@@ -23,7 +23,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from portway import errors
-from portway.gateway.limits import Decision, Limit, LimitKind, RedisCounters, raise_for
+from portway.limits.counters import Decision, raise_for
+from portway.limits.redis import RedisCounters
+from portway.limits.spec import Limit, LimitKind
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess
@@ -202,7 +204,8 @@ async def test_start_with_redis_down_is_bounded_and_keeps_connecting(own_redis: 
 
 CHILD = """
 import asyncio, sys, time
-from portway.gateway.limits import Limit, LimitKind, RedisCounters
+from portway.limits.spec import Limit, LimitKind
+from portway.limits.redis import RedisCounters
 
 async def main(url: str, prefix: str, start_at: float, now: float) -> None:
     c = RedisCounters(url, prefix=prefix, socket_timeout=2.0)
@@ -297,7 +300,7 @@ async def test_unreachable_redis_fails_open_for_rates_and_closed_for_budgets(
         Limit("key:k1", LimitKind.TPM, 1),
         Limit("key:k1", LimitKind.DAILY_REQUESTS, 1),
     ]
-    caplog.set_level(logging.WARNING, logger="portway.gateway.limits_redis")
+    caplog.set_level(logging.WARNING, logger="portway.limits.redis")
     try:
         for _ in range(5):
             d = await timed_admit(c, rates, tokens=100)

@@ -14,10 +14,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from portway.services.usage_writer import UsageWriter
-from portway.stores.records import UsageRecord
 from portway.stores.sql.database import Database
 from portway.stores.sql.tables import request_log
+from portway.usage.records import UsageRecord
+from portway.usage.writer import UsageWriter
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess

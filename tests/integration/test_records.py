@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from portway.stores.records import UsageRecord
 from portway.stores.sql.database import Database
+from portway.usage.records import UsageRecord
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from portway.stores.records import UsageRecord
 from portway.stores.sql.database import Database
 from portway.stores.sql.tables import request_log
+from portway.usage.records import UsageRecord
 from tests.integration.test_postgres import pg_url  # noqa: F401  (fixture)
 
 RECORDS = [

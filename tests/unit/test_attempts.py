@@ -9,10 +9,10 @@ import pytest
 
 from portway.config import RoutingConfig
 from portway.errors import UpstreamBadRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from portway.gateway.attempts import AttemptRunner
-from portway.gateway.keypool import KeyPool
-from portway.gateway.router import Target
 from portway.providers.base import ChatCall, ChatStream, Completion, FailureKind, UpstreamFailure, Usage
+from portway.routing.attempts import AttemptRunner
+from portway.routing.keypool import KeyPool
+from portway.routing.router import Target
 
 
 class Clock:

@@ -6,7 +6,7 @@ import pytest
 
 from portway.config import default_config, load_config, parse_config
 from portway.errors import ConfigError, ModelNotFound
-from portway.gateway.router import Router, Target
+from portway.routing.router import Router, Target
 
 
 def test_env_interpolation_and_default_values() -> None:

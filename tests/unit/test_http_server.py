@@ -14,7 +14,7 @@ import orjson
 import pytest
 import uvicorn
 
-from portway.http_server import HttpProtocol
+from portway.http.server import HttpProtocol
 
 PROTOCOL: Any = HttpProtocol
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import uvicorn
 
-from portway.http_server import HttpProtocol, ServerLimits, protocol_factory
+from portway.http.server import HttpProtocol, ServerLimits, protocol_factory
 from tests.unit.test_http_server import Events, closed, make_app, post, read_reply
 
 READ_TIMEOUT = 0.4

@@ -15,11 +15,9 @@ import jwt
 import pytest
 
 from portway.errors import ConfigError, InvalidApiKey
-from portway.gateway.limits import Limit, LimitKind
-from portway.services.auth import MASTER, Authenticator, LimitSpec, Principal
-from portway.services.identity import IdentityConfig
-from portway.services.identity_cache import TTLCache
-from portway.services.identity_crypto import (
+from portway.identity.auth import MASTER, Authenticator, Principal
+from portway.identity.cache import TTLCache
+from portway.identity.crypto import (
     KeyHasher,
     Sealer,
     derive_key,
@@ -27,11 +25,13 @@ from portway.services.identity_crypto import (
     load_or_create_secret,
     new_api_key,
 )
-from portway.services.identity_models import KeyCreate, PolicyCreate, UserCreate, UserUpdate
-from portway.services.identity_users import Passwords
-from portway.services.jwt_tokens import JwtCodec, looks_like_jwt
-from portway.services.limit_policy import limits_for, own_limits
-from portway.services.rotation import is_due, key_valid_until, next_rotation_at, sleep_for
+from portway.identity.jwt import JwtCodec, looks_like_jwt
+from portway.identity.models import KeyCreate, PolicyCreate, UserCreate, UserUpdate
+from portway.identity.rotation import is_due, key_valid_until, next_rotation_at, sleep_for
+from portway.identity.service import IdentityConfig
+from portway.identity.users import Passwords
+from portway.limits.policy import limits_for, own_limits
+from portway.limits.spec import Limit, LimitKind, LimitSpec
 from portway.settings import Settings
 from portway.stores.sql.identity import PolicyRow
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from portway.gateway.keypool import KeyPool
+from portway.http.client import Transport
 from portway.providers.base import FailureKind, ProviderSettings
 from portway.providers.openai_compat import OpenAICompatProvider
-from portway.transport import Transport
+from portway.routing.keypool import KeyPool
 
 
 def pool(*keys: str, recheck_after: float = 60.0) -> KeyPool:

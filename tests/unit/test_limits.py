@@ -10,13 +10,10 @@ from datetime import UTC, datetime
 import pytest
 
 from portway import errors
-from portway.gateway.limits import (
+from portway.limits.counters import (
     TOTAL_BUDGET_RETRY_AFTER,
     Held,
-    Limit,
-    LimitKind,
     LimitPlan,
-    MemoryCounters,
     Reservation,
     degraded_decision,
     first_refusal,
@@ -24,6 +21,8 @@ from portway.gateway.limits import (
     plan,
     raise_for,
 )
+from portway.limits.memory import MemoryCounters
+from portway.limits.spec import Limit, LimitKind
 
 
 def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
@@ -337,7 +336,7 @@ async def test_old_windows_are_dropped_lazily(counters: MemoryCounters) -> None:
 
 
 def test_breaker_opens_after_threshold_and_lets_one_probe_through_after_cooldown() -> None:
-    from portway.gateway.limits_redis import _Breaker
+    from portway.limits.redis import _Breaker
 
     b = _Breaker(threshold=2, cooldown=0.0)
     assert b.allow()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from portway.stores.records import UsageRecord, sanitize
-from portway.stores.sql.tables import INT_MAX, INT_MIN, request_log
+from portway.stores.sql.tables import request_log
+from portway.usage.records import INT_MAX, INT_MIN, UsageRecord, sanitize
 
 
 def good() -> UsageRecord:

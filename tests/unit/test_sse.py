@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from portway.http.client import Transport
 from portway.providers.base import ChatCall, ChatStream, FailureKind, ProviderSettings, UpstreamFailure
 from portway.providers.openai_compat import OpenAICompatProvider
 from portway.providers.sse import EventSplitter, EventTooLarge
-from portway.transport import Transport
 from tests.fakes.raw_upstream import SSE_HEAD, RawUpstream, chunk, raw_upstream
 
 pytestmark = pytest.mark.timeout(30)

@@ -17,15 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from portway.transport import (
-    ConnectError,
-    LocalProtocolError,
-    ProtocolError,
-    ReadError,
-    ReadTimeout,
-    Transport,
-    WireRequest,
-)
+from portway.http.client import Transport, WireRequest
+from portway.http.errors import ConnectError, LocalProtocolError, ProtocolError, ReadError, ReadTimeout
 
 
 @dataclass

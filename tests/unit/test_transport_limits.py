@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from portway.http1 import _HIGH_WATER
-from portway.providers.base import ChatCall, FailureKind, ProviderSettings, UpstreamFailure
-from portway.providers.openai_compat import OpenAICompatProvider
-from portway.transport import (
+from portway.http.client import Transport, WireRequest
+from portway.http.connection import _HIGH_WATER
+from portway.http.errors import (
     ConnectError,
     ConnectTimeout,
     DecodingError,
@@ -29,10 +28,10 @@ from portway.transport import (
     ReadTimeout,
     RemoteProtocolError,
     TimeoutException,
-    Transport,
     TransportError,
-    WireRequest,
 )
+from portway.providers.base import ChatCall, FailureKind, ProviderSettings, UpstreamFailure
+from portway.providers.openai_compat import OpenAICompatProvider
 from tests.fakes.raw_upstream import RawUpstream, answer, flooding_upstream, forever, ok, raw_upstream, silent
 
 pytestmark = pytest.mark.timeout(30)

@@ -17,15 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from portway.transport import (
-    ConnectError,
-    ConnectTimeout,
-    PoolTimeout,
-    TLSOptions,
-    Transport,
-    WireRequest,
-    _bypass,
-)
+from portway.http.client import TLSOptions, Transport, WireRequest, _bypass
+from portway.http.errors import ConnectError, ConnectTimeout, PoolTimeout
 from tests.fakes.raw_upstream import RawUpstream, answer, ok, raw_upstream, silent
 
 pytestmark = pytest.mark.timeout(30)

@@ -9,15 +9,15 @@ import orjson
 import pytest
 
 from portway.config import LimitsConfig
-from portway.gateway.cost import (
+from portway.limits.admission import Admission
+from portway.limits.memory import MemoryCounters
+from portway.usage.cost import (
     Pricing,
     body_text_chars,
     completion_tokens_estimate,
     prompt_tokens_estimate,
     text_chars,
 )
-from portway.gateway.limits import MemoryCounters
-from portway.services.admission import Admission
 
 
 def chunk(delta: dict[str, object], **extra: object) -> bytes:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from portway.services.usage_writer import UsageWriter, describe, is_data_error
-from portway.stores.records import UsageRecord
+from portway.usage.records import UsageRecord
+from portway.usage.writer import UsageWriter, describe, is_data_error
 
 
 def rec(i: int) -> UsageRecord:
@@ -171,7 +171,7 @@ async def test_ready_fails_once_writes_fail_longer_than_the_window_and_recovers(
     writer.submit(rec(1))
     await _until(lambda: not writer.health()[0])
     report = writer.health()[1]
-    assert report["failing_seconds"] > 0.1 and report["backlog"] == 1
+    assert report["failing_seconds"] >= 0.1 and report["backlog"] == 1  # rounded to the ms
     assert report["last_error"] == "ConnectionRefusedError: connection refused"
     sink.down = False
     await _until(lambda: writer.health()[0])

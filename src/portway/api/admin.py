@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from portway.api.auth import NO_STORE, counters, identity, require_admin
-from portway.api.common import gateway, json_response
-from portway.services.identity_keys import key_json
-from portway.services.identity_models import KeyCreate, KeyUpdate, PolicyCreate, UserCreate, UserUpdate
-from portway.services.rotation import policy_json
+from portway.api.common import json_response, runtime
+from portway.identity.keys import key_json
+from portway.identity.models import KeyCreate, KeyUpdate, PolicyCreate, UserCreate, UserUpdate
+from portway.identity.rotation import policy_json
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -155,5 +155,5 @@ async def update_user(user_id: Ident, body: UserUpdate, request: Request) -> Res
 
 @router.get("/users/{user_id}/usage", summary="A user's usage against their limits")
 async def user_usage(user_id: Ident, request: Request) -> Response:
-    default = gateway(request).admission.per_user  # what admission applies to a user without limits
+    default = runtime(request).admission.per_user  # what admission applies to a user without limits
     return json_response(await identity(request).user_usage(user_id, counters(request), default))

@@ -5,23 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from portway.api.common import authenticate, gateway, json_response
+from portway.api.common import authenticate, json_response, runtime
 from portway.errors import PermissionDenied
-from portway.gateway.limits import Counters
-from portway.services.auth import Principal
-from portway.services.identity import Identity
-from portway.services.identity_models import LoginRequest
+from portway.identity.auth import Principal
+from portway.identity.models import LoginRequest
+from portway.identity.service import Identity
+from portway.limits.counters import Counters
 
 router = APIRouter(tags=["auth"])
 NO_STORE = {"Cache-Control": "no-store"}  # responses carrying a secret must not be cached anywhere
 
 
 def identity(request: Request) -> Identity:
-    return gateway(request).identity
+    return runtime(request).identity
 
 
 def counters(request: Request) -> Counters:
-    return gateway(request).counters
+    return runtime(request).counters
 
 
 async def require_admin(request: Request) -> Principal:
@@ -41,5 +41,5 @@ async def login(body: LoginRequest, request: Request) -> Response:
 async def me(request: Request) -> Response:
     principal = await authenticate(request)
     # The limits admission enforces (key, user or limits.per_user); per-IP limits are not the caller's own.
-    limits = gateway(request).admission.limits(principal, None)
+    limits = runtime(request).admission.limits(principal, None)
     return json_response(await identity(request).me(principal, counters(request), limits))

@@ -19,9 +19,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from portway.api.validation import parse_json_object, validate_chat
 from portway.errors import MethodNotAllowed, PayloadTooLarge, PortwayError, ValidationError
-from portway.services.auth import bearer_token
+from portway.identity.auth import bearer_token
+from portway.runtime import Runtime
 from portway.services.chat import ChatReply, RequestContext
-from portway.services.gateway import Gateway
 
 log = logging.getLogger("portway.api")
 
@@ -121,9 +121,9 @@ class _Departure:
 
 
 class ChatCompletionsApp:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.limit = gateway.cfg.server.max_body_bytes
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.limit = runtime.cfg.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -163,7 +163,7 @@ class ChatCompletionsApp:
         started = time.monotonic()
         h = _header_map(scope)
         auth, api_key = h.get(b"authorization"), h.get(b"x-api-key")
-        principal = await self.gw.auth.authenticate(
+        principal = await self.rt.auth.authenticate(
             bearer_token(
                 auth.decode("latin-1") if auth else None, api_key.decode("latin-1") if api_key else None
             )
@@ -176,7 +176,7 @@ class ChatCompletionsApp:
         client = scope.get("client")
         ctx = RequestContext(request_id, principal, started, client[0] if client else None, len(raw))
         departure.arm(scope, receive)  # the body is read: from here `receive` only reports a disconnect
-        reply = await self.gw.chat.chat(body, ctx)
+        reply = await self.rt.chat.chat(body, ctx)
         headers = [
             (b"x-portway-provider", reply.provider.encode()),
             (b"x-portway-model", reply.model.encode()),

@@ -1,4 +1,4 @@
-"""Helpers the FastAPI routes use: the assembled gateway, authentication, JSON bytes."""
+"""Helpers the FastAPI routes use: the worker's runtime, authentication, JSON bytes."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from portway.services.auth import Principal, bearer_token
-from portway.services.gateway import Gateway
+from portway.identity.auth import Principal, bearer_token
+from portway.runtime import Runtime
 
 
-def gateway(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
-    return gw
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
 
 
 async def authenticate(request: Request) -> Principal:
     h = request.headers
-    return await gateway(request).auth.authenticate(bearer_token(h.get("authorization"), h.get("x-api-key")))
+    return await runtime(request).auth.authenticate(bearer_token(h.get("authorization"), h.get("x-api-key")))
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from portway.api.common import authenticate, gateway, json_response
+from portway.api.common import authenticate, json_response, runtime
 from portway.errors import ModelNotFound
 
 router = APIRouter(tags=["openai"])
@@ -22,14 +22,14 @@ def _model_obj(model_id: str, owned_by: str) -> dict[str, object]:
 @router.get("/v1/models", summary="List aliases and configured models")
 async def list_models(request: Request) -> Response:
     await authenticate(request)
-    data = [_model_obj(mid, owner) for mid, owner in gateway(request).router.model_ids()]
+    data = [_model_obj(mid, owner) for mid, owner in runtime(request).router.model_ids()]
     return json_response({"object": "list", "data": data})
 
 
 @router.get("/v1/models/{model_id:path}", summary="Retrieve one model or alias")
 async def get_model(model_id: str, request: Request) -> Response:
     await authenticate(request)
-    for mid, owner in gateway(request).router.model_ids():
+    for mid, owner in runtime(request).router.model_ids():
         if mid == model_id:
             return json_response(_model_obj(mid, owner))
     raise ModelNotFound(f"The model {model_id!r} does not exist", param="model")

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from portway import __version__
-from portway.api.common import gateway, json_response
+from portway.api.common import json_response, runtime
 
 router = APIRouter(tags=["ops"])
 
@@ -18,14 +18,14 @@ async def health() -> Response:
 
 @router.get("/ready", summary="Readiness: the stores are reachable and usage records are being written")
 async def ready(request: Request) -> Response:
-    gw = gateway(request)
-    db_ok = await gw.db.ping()
+    rt = runtime(request)
+    db_ok = await rt.db.ping()
     # The writer fails readiness only once writes have failed (or one hung) past
     # server.ready_write_failure_seconds: an idle writer is ready however long ago it last wrote.
-    writer_ok, writer = gw.usage.health()
+    writer_ok, writer = rt.usage.health()
     # Redis (when configured) holds readiness back until its pool was first filled, not in a later outage:
     # limits then follow their fail-open policy, and the replica keeps serving.
-    redis = gw.counters.status()
+    redis = rt.counters.status()
     ok = db_ok and writer_ok and redis != "connecting"
     body = {
         "ready": ok,

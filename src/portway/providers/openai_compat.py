@@ -13,6 +13,9 @@ from typing import Any, ClassVar
 
 import orjson
 
+from portway.http.client import TLSOptions, Transport, WireRequest
+from portway.http.connection import Response
+from portway.http.errors import DecodingError, NetworkError, ProtocolError, TimeoutException, TransportError
 from portway.providers.base import (
     ChatCall,
     ChatStream,
@@ -23,17 +26,6 @@ from portway.providers.base import (
     Usage,
 )
 from portway.providers.sse import EventSplitter, EventTooLarge, event_data
-from portway.transport import (
-    DecodingError,
-    NetworkError,
-    ProtocolError,
-    Response,
-    TimeoutException,
-    TLSOptions,
-    Transport,
-    TransportError,
-    WireRequest,
-)
 
 # Fields that steer the gateway itself and must not reach an upstream.
 GATEWAY_ONLY_FIELDS = frozenset({"models"})
@@ -196,7 +188,7 @@ class OpenAICompatProvider:
     # -- IO --------------------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Nothing of its own to close: the shared Transport belongs to the Gateway."""
+        """Nothing of its own to close: the shared Transport belongs to the Runtime."""
 
     async def chat(self, call: ChatCall) -> Completion | ChatStream:
         req, injected = self.build_chat_request(call)

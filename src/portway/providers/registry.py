@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from portway.http.client import Transport
 from portway.providers.base import Provider, ProviderSettings
-from portway.transport import Transport
 
 _TYPES: dict[str, tuple[str, str]] = {
     "openai": ("portway.providers.openai_compat", "OpenAICompatProvider"),

@@ -1,1 +1,1 @@
-"""Services: the use cases the HTTP layer calls (chat, identity, usage recording, health)."""
+"""Services: the use cases the API calls, one module per endpoint family (chat today)."""

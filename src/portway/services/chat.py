@@ -17,19 +17,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from portway.errors import PortwayError
-from portway.gateway.attempts import AttemptRunner, Outcome
-from portway.gateway.cost import (
+from portway.identity.auth import Principal
+from portway.limits.admission import Admission, Ticket
+from portway.providers.base import ChatStream, Completion, UpstreamFailure, Usage
+from portway.providers.sse import error_event
+from portway.routing.attempts import AttemptRunner, Outcome
+from portway.routing.router import Router, Target
+from portway.usage.cost import (
     body_text_chars,
     completion_tokens_estimate,
     prompt_tokens_estimate,
     text_chars,
 )
-from portway.gateway.router import Router, Target
-from portway.providers.base import ChatStream, Completion, UpstreamFailure, Usage
-from portway.providers.sse import error_event
-from portway.services.admission import Admission, Ticket
-from portway.services.auth import Principal
-from portway.stores.records import UsageRecord
+from portway.usage.records import UsageRecord
 
 log = logging.getLogger("portway.chat")
 

@@ -1,1 +1,1 @@
-"""Stores: interfaces with memory, SQL (SQLite default, Postgres) and Redis implementations."""
+"""Stores: SQL tables, queries and Alembic migrations (SQLite by default, Postgres by URL)."""

@@ -17,14 +17,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from portway.stores.records import UsageRecord
-from portway.stores.sql.tables import INT_MAX, SCHEMA_REVISION, request_log
+from portway.stores.sql.tables import SCHEMA_REVISION, request_log
+from portway.usage.records import INT_MAX, UsageRecord
 
 log = logging.getLogger("portway.db")
 
 _FIELDS = tuple(f.name for f in fields(UsageRecord))
 _row = operator.attrgetter(*_FIELDS)  # a record's values as a tuple, in column order, in one C call
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -22,10 +22,10 @@ from dataclasses import replace
 from typing import Any
 
 from portway.errors import NotFound, ValidationError
-from portway.services.identity_crypto import KeyHasher, Sealer, new_api_key, new_id
-from portway.services.identity_keys import new_key_row
-from portway.services.identity_models import PolicyCreate, limit_values
-from portway.services.limit_policy import iso
+from portway.identity.crypto import KeyHasher, Sealer, new_api_key, new_id
+from portway.identity.keys import new_key_row
+from portway.identity.models import PolicyCreate, limit_values
+from portway.limits.policy import iso
 from portway.stores.sql.identity import DuplicateError, IdentityStore, KeyRow, PolicyRow
 
 log = logging.getLogger("portway.rotation")

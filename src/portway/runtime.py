@@ -8,22 +8,23 @@ import logging
 from typing import Any
 
 from portway.config import GatewayConfig
-from portway.gateway.attempts import AttemptRunner
-from portway.gateway.cost import Pricing
-from portway.gateway.keypool import KeyPool
-from portway.gateway.limits import Counters, MemoryCounters
-from portway.gateway.router import Router
+from portway.http.client import Transport
+from portway.identity.auth import Authenticator, ensure_master_key
+from portway.identity.service import Identity, IdentityConfig
+from portway.limits.admission import Admission
+from portway.limits.counters import Counters
+from portway.limits.memory import MemoryCounters
 from portway.providers.base import Provider, ProviderSettings
 from portway.providers.registry import create_provider
-from portway.services.admission import Admission
-from portway.services.auth import Authenticator, ensure_master_key
+from portway.routing.attempts import AttemptRunner
+from portway.routing.keypool import KeyPool
+from portway.routing.router import Router
 from portway.services.chat import ChatService
-from portway.services.identity import Identity, IdentityConfig
-from portway.services.usage_writer import UsageWriter
 from portway.settings import Settings
-from portway.stores.records import UsageRecord
 from portway.stores.sql.database import Database
-from portway.transport import Transport
+from portway.usage.cost import Pricing
+from portway.usage.records import UsageRecord
+from portway.usage.writer import UsageWriter
 
 log = logging.getLogger("portway")
 
@@ -31,12 +32,12 @@ log = logging.getLogger("portway")
 def _counters(redis_url: str | None, timeout: float, connect_timeout: float) -> Counters:
     if not redis_url:
         return MemoryCounters()
-    from portway.gateway.limits_redis import RedisCounters  # redis-py only when configured: ~6 MB per worker
+    from portway.limits.redis import RedisCounters  # redis-py only when configured: ~6 MB per worker
 
     return RedisCounters(redis_url, socket_timeout=timeout, connect_timeout=connect_timeout)
 
 
-class Gateway:
+class Runtime:
     def __init__(self, settings: Settings, cfg: GatewayConfig) -> None:
         self.settings = settings
         self.cfg = cfg

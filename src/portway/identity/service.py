@@ -24,16 +24,17 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from portway.errors import ConfigError, InvalidApiKey, NotFound, ValidationError
-from portway.gateway.limits import Counters, Limit
-from portway.services.auth import LimitSpec, Principal
-from portway.services.identity_cache import TTLCache
-from portway.services.identity_crypto import SECRET_KEY_FILE, KeyHasher, Sealer, load_or_create_secret
-from portway.services.identity_keys import KeyService, key_json, key_limit_spec
-from portway.services.identity_models import LoginRequest
-from portway.services.identity_users import Passwords, UserService, user_limit_spec
-from portway.services.jwt_tokens import DEFAULT_EXPIRE_SECONDS, JWT_KEY_FILE, JwtCodec
-from portway.services.limit_policy import limits_for, usage_json
-from portway.services.rotation import Rotator
+from portway.identity.auth import Principal
+from portway.identity.cache import TTLCache
+from portway.identity.crypto import SECRET_KEY_FILE, KeyHasher, Sealer, load_or_create_secret
+from portway.identity.jwt import DEFAULT_EXPIRE_SECONDS, JWT_KEY_FILE, JwtCodec
+from portway.identity.keys import KeyService, key_json, key_limit_spec
+from portway.identity.models import LoginRequest
+from portway.identity.rotation import Rotator
+from portway.identity.users import Passwords, UserService, user_limit_spec
+from portway.limits.counters import Counters
+from portway.limits.policy import limits_for, usage_json
+from portway.limits.spec import Limit, LimitSpec
 from portway.settings import Settings
 from portway.stores.sql.identity import IdentityStore, KeyRow, UserRow
 

@@ -10,8 +10,8 @@ than another 401 brings it back. A 403 is about one model, not the key: it never
 
 from __future__ import annotations
 
-from portway.gateway.breaker import Breaker
 from portway.providers.base import FailureKind
+from portway.routing.breaker import Breaker
 
 _BREAKER_FAILURES = frozenset(
     {FailureKind.SERVER, FailureKind.TIMEOUT, FailureKind.CONNECTION, FailureKind.BAD_RESPONSE}

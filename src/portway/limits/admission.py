@@ -8,19 +8,18 @@ usage after it, so concurrent requests cannot overshoot a budget by more than wh
 from __future__ import annotations
 
 import fnmatch
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from portway.config import LimitsConfig, LimitSpecConfig
+from portway.config import LimitsConfig
 from portway.errors import ModelNotAllowed
-from portway.gateway.cost import Pricing, prompt_tokens_estimate
-from portway.gateway.limits import Counters, Limit, LimitPlan, Reservation, raise_for
-from portway.gateway.router import Target
+from portway.limits.counters import Counters, LimitPlan, Reservation, raise_for
+from portway.limits.policy import Caller, applicable_limits, default_spec
+from portway.limits.spec import Limit
 from portway.providers.base import Usage
-from portway.services.auth import LimitSpec, Principal
-from portway.services.limit_policy import limits_for
+from portway.routing.router import Target
+from portway.usage.cost import Pricing, prompt_tokens_estimate
 
 
 @dataclass(slots=True)
@@ -31,43 +30,32 @@ class Ticket:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=16_384)
-def _limits(scope: str, spec: LimitSpec) -> tuple[Limit, ...]:
-    """Limits for a scope, built (and validated) once per (scope, spec) rather than on every request."""
-    return tuple(limits_for(scope, spec))
-
-
 _NO_LIMITS = LimitPlan(())
 _MAX_PLANS = 16_384
 
 
 class _Plans:
-    """LimitPlans per caller, found by the identity of the Principal object (and the client IP).
+    """LimitPlans per caller, found by the identity of the Caller object (and the client IP).
 
-    A Principal lives as long as its key-cache entry (seconds), so an identity lookup hits for every
-    request in between, without hashing the frozen dataclass each time. Each entry holds its Principal:
+    A Caller lives as long as its key-cache entry (seconds), so an identity lookup hits for every
+    request in between, without hashing the frozen dataclass each time. Each entry holds its Caller:
     an id() is not reused while its object is alive, so a hit is always the same caller.
     """
 
     def __init__(self) -> None:
-        self._by_id: dict[tuple[int, str | None], tuple[Principal, LimitPlan]] = {}
+        self._by_id: dict[tuple[int, str | None], tuple[Caller, LimitPlan]] = {}
 
-    def get(self, principal: Principal, client_ip: str | None, build: Callable[[], list[Limit]]) -> LimitPlan:
+    def get(self, principal: Caller, client_ip: str | None, build: Callable[[], list[Limit]]) -> LimitPlan:
         key = (id(principal), client_ip)
         hit = self._by_id.get(key)
         if hit is not None and hit[0] is principal:
             return hit[1]
         if len(self._by_id) >= _MAX_PLANS:
-            self._by_id.clear()  # callers come back with new Principal objects anyway: start over
+            self._by_id.clear()  # callers come back with new Caller objects anyway: start over
         found = build()
         lp = LimitPlan(found) if found else _NO_LIMITS
         self._by_id[key] = (principal, lp)
         return lp
-
-
-def _spec(cfg: LimitSpecConfig) -> LimitSpec | None:
-    spec = LimitSpec(cfg.rpm, cfg.tpm, cfg.daily_requests, cfg.budget_usd, cfg.budget_period)
-    return None if spec == LimitSpec(budget_period=spec.budget_period) else spec
 
 
 class Admission:
@@ -75,11 +63,11 @@ class Admission:
         self.counters = counters
         self.pricing = pricing
         self.default_completion = cfg.default_completion_tokens
-        self.per_ip = _spec(cfg.per_ip)
-        self.per_user = _spec(cfg.per_user)
+        self.per_ip = default_spec(cfg.per_ip)
+        self.per_user = default_spec(cfg.per_user)
         self._plans = _Plans()
 
-    def check_models(self, principal: Principal, names: Sequence[str]) -> None:
+    def check_models(self, principal: Caller, names: Sequence[str]) -> None:
         allowed = principal.allowed_models
         if allowed is None:
             return
@@ -87,19 +75,9 @@ class Admission:
             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed):
                 raise ModelNotAllowed(f"This key may not use the model {name!r}", param="model")
 
-    def limits(self, principal: Principal, client_ip: str | None) -> list[Limit]:
-        """Every limit that applies to this caller; the master key has none."""
-        if principal.is_admin and principal.key_id is None and principal.user_id is None:
-            return []
-        found: list[Limit] = []
-        if client_ip and self.per_ip:
-            found += _limits(f"ip:{client_ip}", self.per_ip)
-        if principal.key_id and principal.key_limits:
-            found += _limits(f"key:{principal.key_id}", principal.key_limits)
-        user_limits = principal.user_limits or self.per_user
-        if principal.user_id and user_limits:
-            found += _limits(f"user:{principal.user_id}", user_limits)
-        return found
+    def limits(self, caller: Caller, client_ip: str | None) -> list[Limit]:
+        """Every limit that applies to this caller (also what `/v1/me` shows)."""
+        return applicable_limits(caller, client_ip, self.per_ip, self.per_user)
 
     def estimate_tokens(self, payload: dict[str, Any], body_bytes: int) -> tuple[int, int]:
         answer = payload.get("max_completion_tokens") or payload.get("max_tokens") or self.default_completion
@@ -107,7 +85,7 @@ class Admission:
 
     async def admit(
         self,
-        principal: Principal,
+        principal: Caller,
         client_ip: str | None,
         payload: dict[str, Any],
         body_bytes: int,

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 
-from portway.stores.records import UsageRecord, UsageSink, sanitize
+from portway.usage.records import UsageRecord, UsageSink, sanitize
 
 log = logging.getLogger("portway.usage")
 

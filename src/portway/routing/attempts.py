@@ -31,9 +31,9 @@ from portway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from portway.gateway.keypool import KeyPool, KeyState
-from portway.gateway.router import Target
 from portway.providers.base import ChatCall, ChatStream, Completion, FailureKind, Provider, UpstreamFailure
+from portway.routing.keypool import KeyPool, KeyState
+from portway.routing.router import Target
 
 _RETRYABLE = frozenset(
     {FailureKind.SERVER, FailureKind.TIMEOUT, FailureKind.CONNECTION, FailureKind.BAD_RESPONSE}

@@ -10,22 +10,12 @@ from pathlib import Path
 from typing import Protocol
 
 from portway.errors import InvalidApiKey
-from portway.services.identity_crypto import load_or_create_secret
+from portway.identity.crypto import load_or_create_secret
+from portway.limits.spec import LimitSpec
 
 log = logging.getLogger("portway.auth")
 MASTER_KEY_FILE = "master.key"
 VIRTUAL_KEY_PREFIX = "sk-pw-"
-
-
-@dataclass(frozen=True, slots=True)
-class LimitSpec:
-    """Limits attached to a key or a user; None means "no limit of this kind"."""
-
-    rpm: int | None = None
-    tpm: int | None = None
-    daily_requests: int | None = None
-    budget_usd: float | None = None
-    budget_period: str = "total"  # "daily" | "monthly" | "total"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +49,7 @@ def bearer_token(authorization: str | None, x_api_key: str | None) -> str | None
 
 
 class TokenResolver(Protocol):
-    """Turns a virtual key or a user's JWT into a Principal (portway.services.identity.Identity)."""
+    """Turns a virtual key or a user's JWT into a Principal (portway.identity.service.Identity)."""
 
     async def resolve_key(self, token: str) -> Principal: ...
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from portway.services.auth import LimitSpec
+from portway.limits.spec import LimitSpec
 
 BudgetPeriod = Literal["daily", "monthly", "total"]
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")

@@ -8,10 +8,10 @@ from dataclasses import replace
 from typing import Any
 
 from portway.errors import NotFound, ValidationError
-from portway.services.auth import LimitSpec
-from portway.services.identity_crypto import KeyHasher, display_prefix, new_api_key, new_id
-from portway.services.identity_models import KeyCreate, KeyUpdate, limit_values
-from portway.services.limit_policy import iso, own_limits
+from portway.identity.crypto import KeyHasher, display_prefix, new_api_key, new_id
+from portway.identity.models import KeyCreate, KeyUpdate, limit_values
+from portway.limits.policy import iso, own_limits
+from portway.limits.spec import LimitSpec
 from portway.stores.sql.identity import IdentityStore, KeyRow
 
 

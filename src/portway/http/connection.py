@@ -22,63 +22,20 @@ from typing import Any
 
 import httptools
 
+from portway.http.errors import (
+    DecodingError,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    TransportError,
+)
+
 # Body bytes buffered for a reader that is behind before the socket stops being read (flow control).
 _HIGH_WATER = 1 << 20
 DRAIN_SECONDS = 1.0
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers (aiohttp: 8,190 per line; httpx: 100 KB in all)
 MAX_HEADER_COUNT = 128
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-
-
-# -- one error tree, httpx's shape ---------------------------------------------------------------------
-
-
-class TransportError(Exception):
-    """An upstream call failed below HTTP semantics. The message never includes request data."""
-
-
-class TimeoutException(TransportError):
-    """A time limit ran out (connect, pool wait, or the answer's deadline / idle gap)."""
-
-
-class ConnectTimeout(TimeoutException):
-    pass
-
-
-class ReadTimeout(TimeoutException):
-    pass
-
-
-class PoolTimeout(TimeoutException):
-    pass
-
-
-class NetworkError(TransportError):
-    """The network failed: could not connect, or the connection broke mid-answer."""
-
-
-class ConnectError(NetworkError):
-    pass
-
-
-class ReadError(NetworkError):
-    pass
-
-
-class ProtocolError(TransportError):
-    """The bytes exchanged are not a valid HTTP/1.1 exchange."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The upstream's bytes are not a valid (or an acceptable) HTTP/1.1 response."""
-
-
-class LocalProtocolError(ProtocolError):
-    """The request itself cannot be written (e.g. a header that is not one latin-1 line)."""
-
-
-class DecodingError(TransportError):
-    """The body's Content-Encoding is unknown, corrupt, or decodes past the size cap."""
 
 
 class _Stop(Exception):

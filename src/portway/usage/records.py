@@ -10,7 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from portway.stores.sql.tables import INT_MAX, INT_MIN, request_log
+# What a column of the request log holds (stores/sql/tables.py builds the table from these, so the
+# record boundary and the schema cannot drift apart). Integers are 32-bit: Postgres INTEGER.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+TEXT_LENGTHS = {
+    "request_id": 64,
+    "principal": 128,
+    "requested_model": 256,
+    "provider": 64,
+    "served_model": 256,
+    "error_code": 64,
+}
 
 
 @dataclass(slots=True)
@@ -36,17 +46,7 @@ class UsageSink(Protocol):
     async def write_usage(self, records: list[UsageRecord]) -> None: ...
 
 
-def _length(name: str) -> int:
-    length = request_log.c[name].type.length  # type: ignore[attr-defined]
-    assert isinstance(length, int)
-    return length
-
-
-# The column lengths, from the table itself so the two cannot drift apart.
-_RID, _PRINCIPAL, _REQUESTED, _PROVIDER, _SERVED, _ERROR = (
-    _length(n)
-    for n in ("request_id", "principal", "requested_model", "provider", "served_model", "error_code")
-)
+_RID, _PRINCIPAL, _REQUESTED, _PROVIDER, _SERVED, _ERROR = TEXT_LENGTHS.values()
 _TEXT = (
     ("request_id", _RID, False),
     ("principal", _PRINCIPAL, False),

@@ -12,10 +12,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from portway.errors import InvalidApiKey, NotFound, ValidationError
-from portway.services.auth import LimitSpec
-from portway.services.identity_crypto import new_id
-from portway.services.identity_models import UserCreate, UserUpdate, limit_values, normalize_email
-from portway.services.limit_policy import iso, own_limits
+from portway.identity.crypto import new_id
+from portway.identity.models import UserCreate, UserUpdate, limit_values, normalize_email
+from portway.limits.policy import iso, own_limits
+from portway.limits.spec import LimitSpec
 from portway.stores.sql.identity import DuplicateError, IdentityStore, UserRow
 
 LOGIN_FAILED = "Incorrect email or password"

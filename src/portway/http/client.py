@@ -25,43 +25,16 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from portway import __version__
-from portway.http1 import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    MAX_HEAD_BYTES,
+from portway.http.connection import DEFAULT_MAX_RESPONSE_BYTES, MAX_HEAD_BYTES, Connection, Response
+from portway.http.errors import (
     ConnectError,
-    Connection,
     ConnectTimeout,
-    DecodingError,
     LocalProtocolError,
-    NetworkError,
     PoolTimeout,
-    ProtocolError,
-    ReadError,
-    ReadTimeout,
     RemoteProtocolError,
-    Response,
-    TimeoutException,
-    TransportError,
 )
 
-__all__ = [
-    "ConnectError",
-    "ConnectTimeout",
-    "DecodingError",
-    "LocalProtocolError",
-    "NetworkError",
-    "PoolTimeout",
-    "ProtocolError",
-    "ReadError",
-    "ReadTimeout",
-    "RemoteProtocolError",
-    "Response",
-    "TLSOptions",
-    "TimeoutException",
-    "Transport",
-    "TransportError",
-    "WireRequest",
-]
+__all__ = ["TLSOptions", "Transport", "WireRequest"]
 
 _MAX_URLS = 1024
 

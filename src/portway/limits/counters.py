@@ -28,25 +28,21 @@ Design
   Scope goes last because it may itself contain colons (``ip:2001:db8::1``).
 * Failure policy (Redis backend). ``Limit.fail_open=None`` means the kind's default: rate limits (RPM, TPM,
   DAILY_REQUESTS) fail **open** (an outage of the counter store must not take the gateway down), BUDGET fails
-  **closed** (an outage must not let spend run away). See ``limits_redis`` for the circuit breaker.
+  **closed** (an outage must not let spend run away). See ``limits.redis`` for the circuit breaker.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 import operator
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from portway import errors
-
-if TYPE_CHECKING:
-    from portway.gateway.limits_redis import RedisCounters
+from portway.limits.spec import MICRO_USD, Limit, LimitKind, to_micro
 
 __all__ = [
     "Counters",
@@ -55,57 +51,22 @@ __all__ = [
     "LimitKind",
     "LimitPlan",
     "LimitUsage",
-    "MemoryCounters",
-    "RedisCounters",
     "Reservation",
     "format_reset",
     "raise_for",
 ]
 
-MICRO_USD = 1_000_000
 WINDOW_SECONDS = 60
 # A total budget never resets; this only keeps well-behaved clients from retrying in a tight loop.
 TOTAL_BUDGET_RETRY_AFTER = 3600.0
-BUDGET_PERIODS = frozenset({"daily", "monthly", "total"})
 
 _MINUTE_TTL = 2 * WINDOW_SECONDS
 _DAY = 86_400
 _TOTAL_TTL = 400 * _DAY
 
-
-class LimitKind(enum.StrEnum):
-    RPM = "rpm"
-    TPM = "tpm"
-    DAILY_REQUESTS = "daily_requests"
-    BUDGET = "budget"
-
-
 # Reading an enum member off its class costs ~0.1 us on Python 3.11; the hot paths use these instead.
 _TPM = LimitKind.TPM
 _BUDGET = LimitKind.BUDGET
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    scope: str  # "ip:1.2.3.4", "key:<key-id>", "user:<user-id>"
-    kind: LimitKind
-    limit: float  # requests, tokens or USD
-    period: str = ""  # BUDGET only: "daily" | "monthly" | "total"
-    fail_open: bool | None = None  # None: rate limits fail open, BUDGET fails closed
-
-    def __post_init__(self) -> None:
-        if not self.scope:
-            raise ValueError("limit scope must not be empty")
-        if not math.isfinite(self.limit) or self.limit < 0:
-            raise ValueError(f"limit for {self.scope} must be a finite number >= 0, got {self.limit!r}")
-        if self.kind is LimitKind.BUDGET and self.period not in BUDGET_PERIODS:
-            raise ValueError(f"budget period must be one of {sorted(BUDGET_PERIODS)}, got {self.period!r}")
-
-    @property
-    def fails_open(self) -> bool:
-        if self.fail_open is not None:
-            return self.fail_open
-        return self.kind is not LimitKind.BUDGET
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,11 +161,6 @@ class Counters(Protocol):
         return None
 
     async def aclose(self) -> None: ...
-
-
-def to_micro(usd: float) -> int:
-    # ``usd > 0`` is False for NaN too, so NaN counts as nothing without a math.isnan call.
-    return round(usd * MICRO_USD) if usd > 0 else 0
 
 
 def _next_midnight(day: datetime) -> datetime:
@@ -463,95 +419,6 @@ def usage_of(limit: Limit, slot: Slot, stored: int | None) -> LimitUsage:
     )
 
 
-class _Counter:
-    """One counter's value and expiry, kept together so that admission looks each counter up only once."""
-
-    __slots__ = ("expires", "value")
-
-    def __init__(self, value: int, expires: float) -> None:
-        self.value = value
-        self.expires = expires
-
-
-class MemoryCounters(Counters):
-    """Counters in one process's memory.
-
-    ``admit`` has no await between reading and writing the counters, so on one event loop it is atomic
-    without a lock. Expired counters read as absent and are dropped lazily, all of them at most once a minute.
-    """
-
-    def __init__(self) -> None:
-        self._counters: dict[str, _Counter] = {}
-        self._next_sweep = 0.0
-
-    def _sweep(self, now: float) -> None:
-        self._next_sweep = now + WINDOW_SECONDS
-        for key in [k for k, c in self._counters.items() if c.expires <= now]:
-            del self._counters[key]
-
-    def _read(self, slots: Sequence[Slot], now: float) -> tuple[list[_Counter | None], list[int]]:
-        """The slots' live counters (None when absent or expired) and their values."""
-        counters = self._counters
-        found: list[_Counter | None] = []
-        stored: list[int] = []
-        for slot in slots:
-            counter = counters.get(slot.key)
-            if counter is not None and counter.expires <= now:
-                del counters[slot.key]
-                counter = None
-            found.append(counter)
-            stored.append(0 if counter is None else counter.value)
-        return found, stored
-
-    async def admit(
-        self, limits: Sequence[Limit] | LimitPlan, *, tokens: int, cost: float, now: float | None = None
-    ) -> Decision:
-        t = time.time() if now is None else now
-        if t >= self._next_sweep:
-            self._sweep(t)
-        lp = as_plan(limits)
-        slots, amounts = lp.slots(t), lp.amounts(tokens, cost)
-        found, stored = self._read(slots, t)
-        refused = first_refusal(lp, slots, stored, amounts)
-        if refused is None:
-            # Equal lengths (all from ``lp``), so no strict=True: it costs per item on this hot path.
-            for slot, counter, amount in zip(slots, found, amounts, strict=False):
-                if counter is None:
-                    # A new counter; an earlier slot sharing its key may have just created it.
-                    counter = self._counters.setdefault(slot.key, _Counter(0, 0.0))
-                counter.value += amount
-                counter.expires = t + slot.ttl
-        return decide(lp, slots, stored, amounts, refused, t)
-
-    def _adjust(self, deltas: list[tuple[str, int]]) -> None:
-        counters = self._counters
-        for key, delta in deltas:
-            # An expired counter stays gone: its window is over, late usage no longer matters.
-            counter = counters.get(key)
-            if counter is not None:
-                value = counter.value + delta
-                counter.value = value if value > 0 else 0
-
-    async def settle(self, reservation: Reservation, *, tokens: int, cost: float) -> None:
-        if reservation.open_for_settle():
-            self._adjust(reservation.adjustments(tokens=tokens, cost=cost))
-            reservation.settled = True
-
-    async def release(self, reservation: Reservation) -> None:
-        if reservation.open_for_release():
-            self._adjust(reservation.adjustments(tokens=0, cost=0.0))
-            reservation.released = True
-
-    async def usage(self, limits: Sequence[Limit], now: float | None = None) -> list[LimitUsage]:
-        t = time.time() if now is None else now
-        slots = [plan(limit, now=t) for limit in limits]
-        _, stored = self._read(slots, t)
-        return [usage_of(limit, s, v) for limit, s, v in zip(limits, slots, stored, strict=True)]
-
-    async def aclose(self) -> None:
-        self._counters.clear()
-
-
 _ERRORS: dict[LimitKind, type[errors.RateLimited]] = {
     LimitKind.RPM: errors.RateLimited,
     LimitKind.TPM: errors.RateLimited,
@@ -583,13 +450,3 @@ def raise_for(decision: Decision) -> None:
     retry = math.ceil(decision.retry_after)
     headers = {"Retry-After": str(retry), **decision.headers}
     raise _ERRORS[limit.kind](_message(limit, decision, retry), headers=headers)
-
-
-def __getattr__(name: str) -> object:
-    # RedisCounters lives in limits_redis (which imports this module); resolving it lazily avoids an
-    # import cycle whichever of the two modules is imported first.
-    if name == "RedisCounters":
-        from portway.gateway.limits_redis import RedisCounters
-
-        return RedisCounters
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,10 +32,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from portway.gateway.limits import (
+from portway.limits.counters import (
     Counters,
     Decision,
-    Limit,
     LimitPlan,
     LimitUsage,
     Reservation,
@@ -45,6 +44,7 @@ from portway.gateway.limits import (
     plan,
     usage_of,
 )
+from portway.limits.spec import Limit
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from portway.stores.sql.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("portway applies its migrations at start; run `portway serve` (or `portway migrate`)")
+    raise RuntimeError("portway applies its migrations itself when it starts: run `portway serve`")
 
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
 with context.begin_transaction():

@@ -1,1 +1,0 @@
-"""The gateway's domain: routing, attempts, key pools, breakers, limits. No web framework imports here."""
