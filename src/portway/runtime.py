@@ -78,7 +78,8 @@ class Runtime:
         self.db = Database(settings.resolved_database_url())
         self.usage = UsageWriter(self.db, failure_window=cfg.server.ready_write_failure_seconds)
         self.counters = _counters(settings.redis_url, settings.redis_timeout, settings.redis_connect_timeout)
-        self.pricing = Pricing({k: (p.input, p.output) for k, p in cfg.pricing.items()})
+        free = {name for name, provider in self.providers.items() if provider.free}
+        self.pricing = Pricing({k: (p.input, p.output) for k, p in cfg.pricing.items()}, free)
         self.admission = Admission(self.counters, self.pricing, cfg.limits)
         self.chat = ChatService(self.router, self.runner, self.admission, self._record)
         master_key = ensure_master_key(
@@ -97,10 +98,9 @@ class Runtime:
         await self.identity.start()  # rotation timer (overdue policies rotate now) + last-used writer
         await self.counters.start()  # Redis: a full pool before the first request (bounded wait)
         self.usage.start()
-        for provider in self.providers.values():
-            warm = getattr(provider, "warm", None)
-            if warm is not None:  # load the local model in the background: /health answers meanwhile
-                self._bg.append(asyncio.create_task(warm(), name="portway-warm"))
+        for name, provider in self.providers.items():
+            # In the background (the local model loads for seconds): /health answers meanwhile.
+            self._bg.append(asyncio.create_task(provider.warm(), name=f"portway-warm-{name}"))
 
     async def aclose(self) -> None:
         for task in self._bg:

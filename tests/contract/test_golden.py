@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from multidict import CIMultiDict
 
 from portway.http.client import Transport
+from portway.http.connection import Headers
 from portway.providers.base import ChatCall, FailureKind, ProviderSettings
 from portway.providers.huggingface import HuggingFaceProvider
 from portway.providers.openai_compat import OpenAICompatProvider
@@ -47,6 +47,14 @@ ADAPTERS = {
         ProviderSettings("hf", "huggingface", "https://router.huggingface.co/v1"), Transport()
     ),
 }
+
+
+def _headers(raw: dict[str, str]) -> Headers:
+    """Headers as the client's connection fills them: names lower-cased on arrival."""
+    headers = Headers()
+    for name, value in raw.items():
+        headers[name.lower()] = value
+    return headers
 
 
 def _check(name: str, actual: dict[str, Any]) -> None:
@@ -121,13 +129,13 @@ def test_chat_response_parse(name: str) -> None:
 def test_error_classification(
     status: int, headers: dict[str, str], body: bytes, kind: str, retry_after: float | None
 ) -> None:
-    failure = ADAPTERS["openai"]().classify_error(status, CIMultiDict(headers), body, "sk-upstream")
+    failure = ADAPTERS["openai"]().classify_error(status, _headers(headers), body, "sk-upstream")
     assert failure.kind is FailureKind(kind) and failure.retry_after == retry_after
     assert "sk-upstream" not in failure.message  # never relay a key the upstream echoed
 
 
 def test_hf_string_error_message_is_kept() -> None:
-    failure = ADAPTERS["huggingface"]().classify_error(422, CIMultiDict(), b'{"error":"Input too long"}', "k")
+    failure = ADAPTERS["huggingface"]().classify_error(422, Headers(), b'{"error":"Input too long"}', "k")
     assert failure.message == "Input too long"
 
 
@@ -145,7 +153,7 @@ KEY = "sk-upstream-0123456789abcdefXYZ"
 )
 def test_bad_request_relays_no_field_with_the_key(err: dict[str, Any]) -> None:
     body = json.dumps({"error": err}).encode()
-    failure = ADAPTERS["openai"]().classify_error(400, CIMultiDict(), body, KEY)
+    failure = ADAPTERS["openai"]().classify_error(400, Headers(), body, KEY)
     relayed = [failure.message, failure.error_code, failure.param]
     for value in relayed:
         assert value is None or isinstance(value, str)
@@ -156,7 +164,7 @@ def test_bad_request_relays_no_field_with_the_key(err: dict[str, Any]) -> None:
 
 def test_bad_request_fields_without_the_key_are_relayed_as_sent() -> None:
     body = b'{"error":{"message":"temperature must be <= 2","code":"bad_param","param":"temperature"}}'
-    failure = ADAPTERS["openai"]().classify_error(422, CIMultiDict(), body, KEY)
+    failure = ADAPTERS["openai"]().classify_error(422, Headers(), body, KEY)
     assert (failure.message, failure.error_code, failure.param) == (
         "temperature must be <= 2",
         "bad_param",

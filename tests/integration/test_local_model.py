@@ -21,7 +21,7 @@ from portway.providers.base import (
     UpstreamFailure,
 )
 from portway.providers.local import LocalProvider, default_model_path
-from portway.providers.local.model import LocalModelConfig, load_model
+from portway.providers.local.model import LocalOptions, load_model
 from portway.providers.sse import DONE_EVENT, event_data
 
 pytest.importorskip("llama_cpp", reason="needs the local extra: pip install portway[local]")
@@ -89,7 +89,7 @@ async def test_non_stream_answer(provider: LocalProvider) -> None:
     assert body["id"].startswith("chatcmpl-")
     assert body["object"] == "chat.completion"
     assert isinstance(body["created"], int)
-    assert body["model"] == result.served_model == "smollm2"
+    assert body["model"] == result.served_model == "local/smollm2"  # the id a client sends to reach it
     choice = body["choices"][0]
     assert choice["message"]["role"] == "assistant"
     assert "Paris" in choice["message"]["content"]
@@ -104,7 +104,7 @@ async def test_non_stream_answer(provider: LocalProvider) -> None:
 
 
 async def test_gguf_chat_template_is_used() -> None:
-    model = await asyncio.to_thread(load_model, default_model_path(), LocalModelConfig(n_threads=1))
+    model = await asyncio.to_thread(load_model, default_model_path(), LocalOptions(n_threads=1))
     try:
         assert model.template == model.llm.metadata["tokenizer.chat_template"]
         assert model.llm.chat_handler is not None  # create_chat_completion() goes through our formatter
@@ -132,7 +132,7 @@ async def test_stream_events(provider: LocalProvider) -> None:
     assert all("usage" not in c for c in parsed)
     assert {c["id"] for c in parsed} == {parsed[0]["id"]}
     assert {c["created"] for c in parsed} == {parsed[0]["created"]}
-    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "smollm2" for c in parsed)
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "local/smollm2" for c in parsed)
     assert stream.usage is not None and 0 < stream.usage.completion_tokens <= 32
 
 
@@ -247,6 +247,30 @@ async def test_unknown_model(provider: LocalProvider) -> None:
     assert failure.value.kind is FailureKind.BAD_REQUEST
     assert failure.value.status == 404
     assert failure.value.error_code == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+            "tools",
+        ),
+        ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+            "response_format",
+        ),
+        ({"logprobs": True}, "logprobs"),
+    ],
+)
+async def test_unhonoured_parameters_are_refused(
+    provider: LocalProvider, extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(UpstreamFailure) as failure:
+        await provider.chat(call({"messages": FRANCE, **extra}))
+    assert failure.value.kind is FailureKind.BAD_REQUEST and failure.value.status == 400
+    assert failure.value.param == param and failure.value.error_code == "unsupported_parameter"
 
 
 async def test_non_text_content_is_rejected(provider: LocalProvider) -> None:

@@ -63,6 +63,57 @@ def test_invalid_config_names_the_setting(raw: dict[str, object], message: str) 
     assert message in str(err.value) and "gateway.yaml" in str(err.value)
 
 
+def test_unknown_provider_type_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"providers": {"x": {"type": "opnai"}}}, "gateway.yaml", env={})
+    assert "providers.x.type" in str(err.value)
+    assert "known types: huggingface, local, openai" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        (
+            {"type": "local", "options": {"n_ctx": "big"}},
+            "providers.x.options.n_ctx: Input should be a valid",
+        ),
+        ({"type": "local", "options": {"n_ctxx": 4096}}, "providers.x.options.n_ctxx: Extra inputs"),
+        ({"type": "local", "options": {"n_ctx": 0}}, "providers.x.options.n_ctx: Input should be greater"),
+        ({"type": "local", "options": {"max_concurrency": True}}, "providers.x.options.max_concurrency"),
+        ({"type": "local", "options": {"max_tokens": 4096}}, "max_tokens (4096) cannot exceed n_ctx (2048)"),
+        ({"type": "local", "options": {"model_id": ""}}, "providers.x.options.model_id"),
+        (
+            {"type": "openai", "base_url": "https://o.test", "options": {"n_ctx": 1}},
+            "providers.x.options.n_ctx: Extra inputs",
+        ),
+    ],
+)
+def test_provider_options_are_checked_at_load(provider: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"providers": {"x": provider}}, "gateway.yaml", env={})
+    assert message in str(err.value)
+
+
+def test_provider_options_from_env_are_coerced_and_null_is_the_default() -> None:
+    raw = {"providers": {"x": {"type": "local", "options": {"n_ctx": "${N_CTX}", "max_tokens": None}}}}
+    cfg = parse_config(raw, env={"N_CTX": "4096"})
+    assert cfg.providers["x"].options == {"n_ctx": 4096}
+
+
+def test_provider_facts_come_from_the_provider_class() -> None:
+    cfg = parse_config(
+        {
+            "providers": {
+                "hf": {"type": "huggingface"},  # default base_url, needs a key
+                "mini": {"type": "local"},  # keyless, no base_url
+            }
+        },
+        env={},
+    )
+    assert cfg.providers["hf"].base_url == "https://router.huggingface.co/v1"
+    assert list(cfg.enabled_providers()) == ["mini"]
+
+
 def test_yaml_errors_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "g.yaml"
     bad.write_text("providers: [unclosed")

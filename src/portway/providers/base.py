@@ -4,6 +4,9 @@ A provider turns one attempt (ChatCall) into either a Completion (non-stream) or
 UpstreamFailure, classified into a FailureKind, for everything that went wrong; the gateway's attempt loop
 decides what to do with each kind (next key, retry, next target, or return to the client). A stream is only
 returned once its first event has arrived, so a failure before the first byte can still fall back.
+
+Every provider class derives from BaseProvider and declares there what the config loader needs to know about
+its type (name, default URL, whether it needs a key, whether it is free, its options model).
 """
 
 from __future__ import annotations
@@ -11,7 +14,12 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from portway.http.client import Transport
 
 
 class FailureKind(enum.Enum):
@@ -106,9 +114,17 @@ class ChatStream(Protocol):
 
 class Provider(Protocol):
     name: str
-    needs_key: bool
+
+    @property
+    def needs_key(self) -> bool: ...
+
+    @property
+    def free(self) -> bool: ...
 
     async def chat(self, call: ChatCall) -> Completion | ChatStream: ...
+
+    async def warm(self) -> None:
+        """Prepares what the first request would otherwise wait for (the Runtime runs it at start)."""
 
     async def aclose(self) -> None: ...
 
@@ -123,6 +139,42 @@ class ProviderSettings:
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None  # per-attempt cap; the request deadline still wins
     stream_usage: bool = True  # ask OpenAI-compatible upstreams for usage in streams
-    options: dict[str, Any] = field(default_factory=dict)  # type-specific extras (e.g. local model knobs)
+    options: dict[str, Any] = field(default_factory=dict)  # the type's knobs, checked by its Options model
     verify: bool = True  # check the upstream's TLS certificate and host name
     ca_file: str | None = None  # PEM bundle of CAs to trust instead of the system's
+
+
+class ProviderOptions(BaseModel):
+    """A provider type's `options:` in gateway.yaml. Unknown keys are errors, so a typo fails at load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseProvider:
+    """What every provider class declares, and the no-op defaults both families (HTTP, local) share.
+
+    The declarations are read from the class by the config loader (through the registry) before any
+    provider exists: adding a provider type touches only `providers/`.
+    """
+
+    type_name: ClassVar[str]  # `type:` in gateway.yaml; the registry maps it back to the class
+    default_base_url: ClassVar[str | None] = None  # None: gateway.yaml must set one (if uses_base_url)
+    uses_base_url: ClassVar[bool] = True
+    needs_key: ClassVar[bool] = True  # without api_keys the provider is disabled
+    free: ClassVar[bool] = False  # its answers cost nothing: pricing charges $0 unless a price is set
+    Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+
+    def __init__(self, settings: ProviderSettings, transport: Transport | None = None) -> None:
+        """One signature for every type: the registry builds each as `cls(settings, transport)`, and a
+        type that speaks no HTTP (the local model) ignores the Runtime's shared transport."""
+        self.name = settings.name
+        self.settings = settings
+
+    async def chat(self, call: ChatCall) -> Completion | ChatStream:
+        raise NotImplementedError
+
+    async def warm(self) -> None:
+        """Nothing to prepare."""
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the shared Transport belongs to the Runtime."""

@@ -17,6 +17,7 @@ from portway.http.client import TLSOptions, Transport, WireRequest
 from portway.http.connection import Response
 from portway.http.errors import DecodingError, NetworkError, ProtocolError, TimeoutException, TransportError
 from portway.providers.base import (
+    BaseProvider,
     ChatCall,
     ChatStream,
     Completion,
@@ -107,8 +108,8 @@ def mask_key(text: str | None, key: str | None, limit: int) -> str | None:
     return "".join(out)
 
 
-class OpenAICompatProvider:
-    needs_key: ClassVar[bool] = True
+class OpenAICompatProvider(BaseProvider):
+    type_name = "openai"
     chat_path: ClassVar[str] = "/chat/completions"
     auth_header: ClassVar[str] = "Authorization"
     auth_scheme: ClassVar[str] = "Bearer "
@@ -118,8 +119,8 @@ class OpenAICompatProvider:
     def __init__(self, settings: ProviderSettings, transport: Transport) -> None:
         if not settings.base_url:
             raise ValueError(f"provider {settings.name}: base_url is required")
-        self.name = settings.name
-        self.settings = settings
+        super().__init__(settings, transport)
+        self.Options.model_validate(settings.options)  # this family has none: a stray one is an error
         self.transport = transport
         self._url = settings.base_url.rstrip("/") + self.chat_path
         self._tls = (
@@ -186,9 +187,6 @@ class OpenAICompatProvider:
         )
 
     # -- IO --------------------------------------------------------------------------------------------
-
-    async def aclose(self) -> None:
-        """Nothing of its own to close: the shared Transport belongs to the Runtime."""
 
     async def chat(self, call: ChatCall) -> Completion | ChatStream:
         req, injected = self.build_chat_request(call)

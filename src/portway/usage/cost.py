@@ -1,6 +1,7 @@
 """Prices per model and the cost of a request. Prices are USD per million tokens, from the config for now;
 the model catalog's pricing plugs in here later. A model without a price costs $0 (and counts nothing
-toward budgets), except that `local/*` is always free.
+toward budgets); so does every model of a provider that declares itself free (the local model), unless the
+config prices it.
 
 Also the token estimates for usage an upstream did not report (see the end of this module).
 """
@@ -8,14 +9,15 @@ Also the token estimates for usage an upstream did not report (see the end of th
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 Price = tuple[float, float]  # (input, output) USD per 1M tokens
 _FREE: Price = (0.0, 0.0)
 
 
 class Pricing:
-    def __init__(self, prices: Mapping[str, Price]) -> None:
+    def __init__(self, prices: Mapping[str, Price], free_providers: Collection[str] = ()) -> None:
+        self._free = frozenset(free_providers)
         self._exact = {k: v for k, v in prices.items() if not _is_glob(k)}
         self._globs = [(k, v) for k, v in prices.items() if _is_glob(k)]
         self._cache: dict[str, Price | None] = {}
@@ -26,7 +28,7 @@ class Pricing:
         found = self._exact.get(target_id)
         if found is None:
             found = next((p for pat, p in self._globs if fnmatch.fnmatchcase(target_id, pat)), None)
-        if found is None and target_id.startswith("local/"):
+        if found is None and target_id.partition("/")[0] in self._free:
             found = _FREE
         if len(self._cache) < 10_000:  # direct provider/model ids are client-chosen: keep the cache bounded
             self._cache[target_id] = found

@@ -6,8 +6,10 @@ import asyncio
 import threading
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from portway.providers.base import (
+    BaseProvider,
     ChatCall,
     ChatStream,
     Completion,
@@ -16,27 +18,33 @@ from portway.providers.base import (
     UpstreamFailure,
 )
 from portway.providers.local.generate import GenerationResult, run_generation
-from portway.providers.local.model import LoadedModel, LocalModelConfig
+from portway.providers.local.model import LoadedModel, LocalOptions
 from portway.providers.local.params import GenerationRequest, build_request
 from portway.providers.local.pool import ModelPool
 from portway.providers.local.shapes import ResponseShape
 from portway.providers.local.stream import LocalChatStream, StreamItem, as_failure, queue_feeder
 
+if TYPE_CHECKING:
+    from portway.http.client import Transport
 
-class LocalProvider:
+
+class LocalProvider(BaseProvider):
     """Serves one model id (`smollm2` unless `options.model_id` says otherwise); needs no API key.
 
-    `settings.options`: model_path, model_id, n_ctx (2048), n_threads (cpu count), max_concurrency (1:
-    one loaded instance per concurrent generation), max_tokens (256: default and cap).
+    It answers with the id a client sends back to reach it, `<provider name>/<model id>` (`local/smollm2`),
+    the id /v1/models lists: the bare model id names no target.
     """
 
+    type_name = "local"
+    uses_base_url = False
     needs_key = False
+    free = True  # runs on this machine: no upstream bills it
+    Options = LocalOptions
 
-    def __init__(self, settings: ProviderSettings) -> None:
-        self.name = settings.name
-        self.settings = settings
-        self.config = LocalModelConfig.from_options(settings.options)
-        self.models: tuple[str, ...] = (self.config.model_id,)
+    def __init__(self, settings: ProviderSettings, transport: Transport | None = None) -> None:
+        super().__init__(settings, transport)  # no HTTP: the transport is not used
+        self.config = LocalOptions.model_validate(settings.options)
+        self.served_id = f"{settings.name}/{self.config.model_id}"
         self._pool = ModelPool(self.config)
 
     @property
@@ -52,7 +60,7 @@ class LocalProvider:
         if call.model != self.config.model_id:
             raise UpstreamFailure(
                 FailureKind.BAD_REQUEST,
-                f"the local provider does not serve model {call.model!r}",
+                f"the local provider does not serve model {call.model!r}: it serves {self.served_id!r}",
                 status=404,
                 error_code="model_not_found",
                 param="model",
@@ -69,7 +77,7 @@ class LocalProvider:
         await self._pool.aclose()
 
     async def _complete(self, request: GenerationRequest, timeout: float) -> Completion:
-        shape = ResponseShape.new(self.config.model_id)
+        shape = ResponseShape.new(self.served_id)
         parts: list[str] = []
         cancel = threading.Event()
         try:
@@ -86,10 +94,10 @@ class LocalProvider:
         if result.cancelled:
             raise UpstreamFailure(FailureKind.CONNECTION, "local provider is shutting down")
         body = shape.completion_body("".join(parts), result.finish_reason, result.usage)
-        return Completion(body=body, usage=result.usage, served_model=self.config.model_id)
+        return Completion(body=body, usage=result.usage, served_model=self.served_id)
 
     async def _stream(self, request: GenerationRequest, timeout: float, idle_timeout: float) -> ChatStream:
-        shape = ResponseShape.new(self.config.model_id, include_usage=request.include_usage)
+        shape = ResponseShape.new(self.served_id, include_usage=request.include_usage)
         queue: asyncio.Queue[StreamItem] = asyncio.Queue()
         feed = queue_feeder(asyncio.get_running_loop(), queue)
         cancel = threading.Event()

