@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticCustomError
 
 from portway.errors import ConfigError
+from portway.providers.registry import provider_class
 
 log = logging.getLogger("portway.config")
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-KEYLESS_TYPES = frozenset({"local"})
-DEFAULT_BASE_URLS = {"huggingface": "https://router.huggingface.co/v1"}
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: what a header name may be
 # Framing and routing headers portway writes itself: a configured copy would smuggle a second request.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
@@ -35,16 +35,31 @@ class _Strict(BaseModel):
 
 
 class ProviderConfig(_Strict):
-    type: Literal["openai", "huggingface", "local"]
+    type: str = Field(description="a provider type of providers/registry.py: openai, huggingface, local")
     base_url: str | None = None
     api_keys: list[str] = Field(default_factory=list)
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0)
     stream_usage: bool = True
     models: list[str] = Field(default_factory=list, description="extra model ids listed in /v1/models")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, description="checked by the type's Options model")
     verify: bool = Field(True, description="verify the upstream's TLS certificate and host name")
     ca_file: Path | None = Field(None, description="PEM bundle of CAs to trust for this upstream")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, type_name: str) -> str:
+        provider_class(type_name)  # ValueError naming the known types
+        return type_name
+
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        type_name = info.data.get("type")
+        if type_name is None:  # the type itself is invalid: that error is the one to report
+            return options
+        # Errors nest under providers.<name>.options.<field>; coerced values (e.g. "2048" from ${VAR}) stay.
+        return provider_class(type_name).Options.model_validate(options).model_dump(exclude_unset=True)
 
     @field_validator("headers")
     @classmethod
@@ -74,10 +89,11 @@ class ProviderConfig(_Strict):
 
     @model_validator(mode="after")
     def _base_url(self) -> ProviderConfig:
+        declared = provider_class(self.type)
         if self.base_url is None:
-            self.base_url = DEFAULT_BASE_URLS.get(self.type)
-        if self.type == "openai" and not self.base_url:
-            raise ValueError("base_url is required for type: openai")
+            self.base_url = declared.default_base_url
+        if declared.uses_base_url and not self.base_url:
+            raise ValueError(f"base_url is required for type: {self.type}")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
         if self.base_url:
@@ -86,7 +102,7 @@ class ProviderConfig(_Strict):
 
     @property
     def enabled(self) -> bool:
-        return self.type in KEYLESS_TYPES or bool(self.api_keys)
+        return not provider_class(self.type).needs_key or bool(self.api_keys)
 
 
 class RoutingConfig(_Strict):
@@ -147,12 +163,42 @@ class TransportConfig(_Strict):
     )
 
 
-class LimitSpecConfig(_Strict):
-    rpm: int | None = Field(None, ge=1, description="requests per minute")
-    tpm: int | None = Field(None, ge=1, description="tokens per minute")
-    daily_requests: int | None = Field(None, ge=1, description="requests per UTC day")
-    budget_usd: float | None = Field(None, ge=0, le=1e9, description="spend allowed per budget_period")
-    budget_period: Literal["daily", "monthly", "total"] = "total"
+# Bounds hold wherever limits are parsed, so nothing out of range reaches the database or the counters: counts
+# fit the 32-bit INTEGER columns (Postgres), dollars stay exact as integer micro-dollars in Redis and Lua.
+MAX_COUNT = 2**31 - 1
+MAX_BUDGET_USD = 1e9
+BudgetPeriod = Literal["daily", "monthly", "total"]
+COUNT_FIELDS = ("rpm", "tpm", "daily_requests")
+
+
+class LimitFields(BaseModel):
+    """The five limit fields, declared once: configured defaults and the admin API's key, user and policy
+    bodies inherit them, and ``limits.spec.LimitSpec`` is their value. None means "no limit of this kind".
+    (Here rather than in ``limits/``: routing and http read config, and must not reach limits through it.)"""
+
+    rpm: int | None = Field(None, ge=0, le=MAX_COUNT, description="requests per minute")
+    tpm: int | None = Field(None, ge=0, le=MAX_COUNT, description="tokens per minute")
+    daily_requests: int | None = Field(None, ge=0, le=MAX_COUNT, description="requests per UTC day")
+    budget_usd: float | None = Field(
+        None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False, description="spend allowed per budget_period"
+    )
+    budget_period: BudgetPeriod = Field(
+        "total", description="when budget_usd starts again: daily, monthly (UTC) or total (never)"
+    )
+
+
+class LimitSpecConfig(LimitFields, _Strict):
+    """A configured default. Counts start at 1 here: a 0 would refuse every client (on a key or a user, 0
+    is a deliberate block and allowed)."""
+
+    @field_validator(*COUNT_FIELDS)
+    @classmethod
+    def _at_least_one(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise PydanticCustomError(
+                "greater_than_equal", "Input should be greater than or equal to {ge}", {"ge": 1}
+            )
+        return value
 
 
 class LimitsConfig(_Strict):

@@ -9,11 +9,14 @@ import json
 import os
 import stat
 import time
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import jwt
 import pytest
 
+from portway.config import LimitFields, LimitSpecConfig
 from portway.errors import ConfigError, InvalidApiKey
 from portway.identity.auth import MASTER, Authenticator, Principal
 from portway.identity.cache import TTLCache
@@ -26,14 +29,22 @@ from portway.identity.crypto import (
     new_api_key,
 )
 from portway.identity.jwt import JwtCodec, looks_like_jwt
-from portway.identity.models import KeyCreate, PolicyCreate, UserCreate, UserUpdate
-from portway.identity.rotation import is_due, key_valid_until, next_rotation_at, sleep_for
+from portway.identity.models import KeyCreate, KeyUpdate, PolicyCreate, UserCreate, UserUpdate
+from portway.identity.rotation import is_due, key_valid_until, next_rotation_at, policy_json, sleep_for
 from portway.identity.service import IdentityConfig
 from portway.identity.users import Passwords
-from portway.limits.policy import limits_for, own_limits
-from portway.limits.spec import Limit, LimitKind, LimitSpec
+from portway.limits.policy import default_spec, limits_for
+from portway.limits.spec import LIMIT_FIELDS, Limit, LimitKind, LimitSpec, limit_values
 from portway.settings import Settings
-from portway.stores.sql.identity import PolicyRow
+from portway.stores.sql.identity import (
+    KeyRow,
+    LimitColumns,
+    PolicyRow,
+    UserRow,
+    api_keys,
+    key_policies,
+    users,
+)
 
 SECRET = b"unit-test-jwt-secret-" + b"0123456789abcdef" * 3  # >= 64 bytes: HS512 would warn otherwise
 
@@ -193,9 +204,58 @@ def test_limit_spec_to_limits() -> None:
     assert limits_for("user:u", None) == []
     assert limits_for("user:u", LimitSpec(rpm=0)) == [Limit("user:u", LimitKind.RPM, 0)]  # 0 is a limit
     # No limits of one's own is None, not an empty (and truthy) spec: that is what lets limits.per_user apply.
-    assert own_limits(None, None, None, None, "total") is None
-    assert own_limits(None, None, 0, None, "total") == LimitSpec(daily_requests=0)
-    assert own_limits(None, None, None, 2.0, "daily") == LimitSpec(budget_usd=2.0, budget_period="daily")
+    assert LimitSpec.of(_limits(None, None, None, None, "total")) is None
+    assert LimitSpec.of(_limits(None, None, 0, None, "total")) == LimitSpec(daily_requests=0)
+    assert LimitSpec.of(_limits(None, None, None, 2.0, "daily")) == LimitSpec(
+        budget_usd=2.0, budget_period="daily"
+    )
+
+
+def _limits(*values: object) -> SimpleNamespace:
+    return SimpleNamespace(**dict(zip(LIMIT_FIELDS, values, strict=True)))
+
+
+def test_the_five_limit_fields_are_declared_once() -> None:
+    # Every carrier of limits agrees on the names: the value, the schema, the stored rows and the tables.
+    assert LIMIT_FIELDS == ("rpm", "tpm", "daily_requests", "budget_usd", "budget_period")
+    assert tuple(LimitFields.model_fields) == LIMIT_FIELDS
+    for model in (LimitSpecConfig, KeyCreate, KeyUpdate, UserCreate, UserUpdate, PolicyCreate):
+        assert set(LIMIT_FIELDS) <= set(model.model_fields), model
+    assert tuple(f.name for f in fields(LimitColumns)) == LIMIT_FIELDS
+    for row in (UserRow, KeyRow, PolicyRow):
+        assert issubclass(row, LimitColumns)
+    for table in (users, api_keys, key_policies):
+        assert set(LIMIT_FIELDS) <= set(table.c.keys()), table.name
+    # One reader and one renderer, whatever carries the fields.
+    body = KeyCreate(rpm=5, budget_usd=1.5, budget_period="daily")
+    assert LimitSpec.of(body) == LimitSpec(rpm=5, budget_usd=1.5, budget_period="daily")
+    assert limit_values(body) == {
+        "rpm": 5, "tpm": None, "daily_requests": None, "budget_usd": 1.5, "budget_period": "daily"
+    }  # fmt: skip
+    assert default_spec(LimitSpecConfig(tpm=10)) == LimitSpec(tpm=10)
+    assert default_spec(LimitSpecConfig()) is None
+    policy = _policy(100.0)
+    assert {k: policy_json(policy)[k] for k in LIMIT_FIELDS} == limit_values(policy)
+
+
+def test_limit_bounds_keys_may_block_config_defaults_may_not() -> None:
+    # 0 on a key or user is a deliberate block; as a configured default it would refuse every client.
+    assert KeyCreate(rpm=0).rpm == 0 and UserCreate(email="a@b.io", daily_requests=0).daily_requests == 0
+    assert LimitSpecConfig(rpm=1).rpm == 1
+    for count in ("rpm", "tpm", "daily_requests"):
+        with pytest.raises(ValueError, match="greater than or equal to 1"):
+            LimitSpecConfig.model_validate({count: 0})
+        for model in (KeyCreate, KeyUpdate, LimitSpecConfig):
+            with pytest.raises(ValueError):
+                model.model_validate({count: 2**31})
+            with pytest.raises(ValueError):
+                model.model_validate({count: -1})
+    for bad in (float("nan"), float("inf"), -0.01, 1e9 + 1):
+        for model in (KeyCreate, KeyUpdate, LimitSpecConfig):
+            with pytest.raises(ValueError):
+                model.model_validate({"budget_usd": bad})
+    with pytest.raises(ValueError):
+        LimitSpecConfig.model_validate({"budget_period": "weekly"})
 
 
 # -- rotation schedule -------------------------------------------------------------------------------
@@ -203,8 +263,10 @@ def test_limit_spec_to_limits() -> None:
 
 def _policy(next_at: float, grace: float = 0.0) -> PolicyRow:
     return PolicyRow(
-        "pol_1", "p", 10.0, grace, "key_1", None, next_at - 10, next_at, "sealed", None,
-        None, None, None, None, "total", 0.0,
+        id="pol_1", name="p", period_seconds=10.0, grace_seconds=grace, current_key_id="key_1",
+        previous_key_id=None, rotated_at=next_at - 10, next_rotation_at=next_at, sealed_key="sealed",
+        allowed_models=None, rpm=None, tpm=None, daily_requests=None, budget_usd=None,
+        budget_period="total", created_at=0.0,
     )  # fmt: skip
 
 

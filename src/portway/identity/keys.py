@@ -9,14 +9,10 @@ from typing import Any
 
 from portway.errors import NotFound, ValidationError
 from portway.identity.crypto import KeyHasher, display_prefix, new_api_key, new_id
-from portway.identity.models import KeyCreate, KeyUpdate, limit_values
-from portway.limits.policy import iso, own_limits
-from portway.limits.spec import LimitSpec
+from portway.identity.models import KeyCreate, KeyUpdate
+from portway.limits.policy import iso
+from portway.limits.spec import limit_values
 from portway.stores.sql.identity import IdentityStore, KeyRow
-
-
-def key_limit_spec(key: KeyRow) -> LimitSpec | None:
-    return own_limits(key.rpm, key.tpm, key.daily_requests, key.budget_usd, key.budget_period)
 
 
 def key_status(key: KeyRow, now: float) -> str:
@@ -42,11 +38,7 @@ def key_json(key: KeyRow, now: float | None = None) -> dict[str, Any]:
         "revoked_at": iso(key.revoked_at),
         "last_used_at": iso(key.last_used_at),
         "allowed_models": key.allowed_models,
-        "rpm": key.rpm,
-        "tpm": key.tpm,
-        "daily_requests": key.daily_requests,
-        "budget_usd": key.budget_usd,
-        "budget_period": key.budget_period,
+        **limit_values(key),
         "metadata": key.meta or {},
     }
 

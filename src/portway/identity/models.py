@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from portway.limits.spec import LimitSpec
+from portway.config import BudgetPeriod, LimitFields
+from portway.limits.spec import LIMIT_FIELDS
 
-BudgetPeriod = Literal["daily", "monthly", "total"]
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 _POLICY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_METADATA_BYTES = 8 * 1024
 MIN_PERIOD_SECONDS = 1.0
-# Every number is bounded where it is parsed, so nothing out of range reaches the database or the counters:
-# counts fit the 32-bit INTEGER columns (Postgres), dollars stay exact as integer micro-dollars in Redis and
-# Lua (< 2**53), and durations keep every derived timestamp inside datetime's range.
-MAX_COUNT = 2**31 - 1
-MAX_BUDGET_USD = 1e9
+# Every number is bounded where it is parsed (limits: see config.LimitFields); durations keep every derived
+# timestamp inside datetime's range.
 MAX_SECONDS = 100 * 366 * 86_400.0  # a century
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 1, 1, tzinfo=UTC)
-LIMIT_FIELDS = ("rpm", "tpm", "daily_requests", "budget_usd", "budget_period")
-
-
-def limit_values(obj: Any) -> dict[str, Any]:
-    """The five limit fields of an input model or a stored row, to copy from one to the other."""
-    return {name: getattr(obj, name) for name in LIMIT_FIELDS}
 
 
 def check_text(value: str) -> str:
@@ -98,25 +89,18 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
-class LimitFields(_Input):
-    rpm: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    tpm: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    daily_requests: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD)
-    budget_period: BudgetPeriod = "total"
-
-    def limit_spec(self) -> LimitSpec:
-        return LimitSpec(self.rpm, self.tpm, self.daily_requests, self.budget_usd, self.budget_period)
+class LimitInput(LimitFields, _Input):
+    """The limits of a new key, user or policy (0 is a real limit: it blocks)."""
 
 
-class LimitPatch(_Input):
+class LimitPatch(LimitInput):
     """Limit changes: a field sent as null removes that limit; a field not sent keeps it."""
 
-    rpm: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    tpm: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    daily_requests: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD)
-    budget_period: BudgetPeriod | None = None
+    # The one field a patch widens: null puts the period back to the default ("total"), as it cannot be
+    # removed like a limit can. (mypy objects to widening an inherited field; pydantic supports it.)
+    budget_period: BudgetPeriod | None = Field(  # type: ignore[assignment]
+        None, description="null: back to the default, total"
+    )
 
     def changes(self) -> dict[str, Any]:
         """The limit columns to write (other fields of subclasses are the caller's business)."""
@@ -150,7 +134,7 @@ class _Expiry(_Input):
         return None if self.expires_at is None else self.expires_at.timestamp()
 
 
-class KeyCreate(LimitFields, _Expiry):
+class KeyCreate(LimitInput, _Expiry):
     name: str = Field(default="", max_length=256)
     user_id: str | None = Field(default=None, max_length=32)
     allowed_models: list[str] | None = None
@@ -181,7 +165,7 @@ class KeyUpdate(LimitPatch, _Expiry):
         return self
 
 
-class PolicyCreate(LimitFields):
+class PolicyCreate(LimitInput):
     name: str = Field(min_length=1, max_length=128)
     period_seconds: float | None = Field(default=None, ge=MIN_PERIOD_SECONDS, le=MAX_SECONDS)
     period_days: float | None = Field(default=None, gt=0, le=MAX_SECONDS / 86_400)
@@ -211,7 +195,7 @@ class PolicyCreate(LimitFields):
         return (self.period_days if self.period_days is not None else 7.0) * 86_400
 
 
-class UserCreate(LimitFields):
+class UserCreate(LimitInput):
     email: str
     password: str | None = Field(default=None, min_length=8, max_length=1024)
     is_admin: bool = False

@@ -24,8 +24,9 @@ from typing import Any
 from portway.errors import NotFound, ValidationError
 from portway.identity.crypto import KeyHasher, Sealer, new_api_key, new_id
 from portway.identity.keys import new_key_row
-from portway.identity.models import PolicyCreate, limit_values
+from portway.identity.models import PolicyCreate
 from portway.limits.policy import iso
+from portway.limits.spec import limit_values
 from portway.stores.sql.identity import DuplicateError, IdentityStore, KeyRow, PolicyRow
 
 log = logging.getLogger("portway.rotation")
@@ -66,11 +67,7 @@ def policy_json(policy: PolicyRow) -> dict[str, Any]:
         "rotated_at": iso(policy.rotated_at),
         "next_rotation_at": iso(policy.next_rotation_at),
         "allowed_models": policy.allowed_models,
-        "rpm": policy.rpm,
-        "tpm": policy.tpm,
-        "daily_requests": policy.daily_requests,
-        "budget_usd": policy.budget_usd,
-        "budget_period": policy.budget_period,
+        **limit_values(policy),
         "created_at": iso(policy.created_at),
     }
 

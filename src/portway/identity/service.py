@@ -28,10 +28,10 @@ from portway.identity.auth import Principal
 from portway.identity.cache import TTLCache
 from portway.identity.crypto import SECRET_KEY_FILE, KeyHasher, Sealer, load_or_create_secret
 from portway.identity.jwt import DEFAULT_EXPIRE_SECONDS, JWT_KEY_FILE, JwtCodec
-from portway.identity.keys import KeyService, key_json, key_limit_spec
+from portway.identity.keys import KeyService, key_json
 from portway.identity.models import LoginRequest
 from portway.identity.rotation import Rotator
-from portway.identity.users import Passwords, UserService, user_limit_spec
+from portway.identity.users import Passwords, UserService
 from portway.limits.counters import Counters
 from portway.limits.policy import limits_for, usage_json
 from portway.limits.spec import Limit, LimitSpec
@@ -110,8 +110,8 @@ def _key_principal(key: KeyRow, owner: UserRow | None) -> Principal:
         key_id=key.id,
         user_id=key.user_id,
         allowed_models=models,
-        key_limits=key_limit_spec(key),
-        user_limits=None if owner is None else user_limit_spec(owner),
+        key_limits=LimitSpec.of(key),
+        user_limits=None if owner is None else LimitSpec.of(owner),
     )
 
 
@@ -216,7 +216,7 @@ class Identity:
             id=f"user:{user.id}",
             is_admin=self.users.is_admin(user),
             user_id=user.id,
-            user_limits=user_limit_spec(user),
+            user_limits=LimitSpec.of(user),  # None without limits of its own: limits.per_user applies
         )
 
     def _record_use(self, key: KeyRow, now: float) -> None:
@@ -270,7 +270,7 @@ class Identity:
 
     async def key_usage(self, key_id: str, counters: Counters) -> dict[str, Any]:
         key = await self.keys.get(key_id)
-        return await self.usage(f"key:{key.id}", key_limit_spec(key), counters)
+        return await self.usage(f"key:{key.id}", LimitSpec.of(key), counters)
 
     async def user_usage(
         self, user_id: str, counters: Counters, default: LimitSpec | None = None
@@ -278,7 +278,7 @@ class Identity:
         """A user's usage against the limits admission applies: their own, else ``default``
         (``limits.per_user``)."""
         user = await self.users.get(user_id)
-        return await self.usage(f"user:{user.id}", user_limit_spec(user) or default, counters)
+        return await self.usage(f"user:{user.id}", LimitSpec.of(user) or default, counters)
 
     async def me(self, principal: Principal, counters: Counters, limits: Sequence[Limit]) -> dict[str, Any]:
         """``limits`` are the ones admission applies to this caller (``Admission.limits``): one computation,

@@ -13,9 +13,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from portway.errors import InvalidApiKey, NotFound, ValidationError
 from portway.identity.crypto import new_id
-from portway.identity.models import UserCreate, UserUpdate, limit_values, normalize_email
-from portway.limits.policy import iso, own_limits
-from portway.limits.spec import LimitSpec
+from portway.identity.models import UserCreate, UserUpdate, normalize_email
+from portway.limits.policy import iso
+from portway.limits.spec import limit_values
 from portway.stores.sql.identity import DuplicateError, IdentityStore, UserRow
 
 LOGIN_FAILED = "Incorrect email or password"
@@ -53,11 +53,6 @@ class Passwords:
         return await asyncio.to_thread(self._verify, hashed, password)
 
 
-def user_limit_spec(user: UserRow) -> LimitSpec | None:
-    """The user's own limits; None without any, so that admission applies ``limits.per_user``."""
-    return own_limits(user.rpm, user.tpm, user.daily_requests, user.budget_usd, user.budget_period)
-
-
 class UserService:
     def __init__(
         self,
@@ -83,11 +78,7 @@ class UserService:
             "admin_by_config": user.email in self.admin_emails,
             "disabled": user.disabled,
             "has_password": user.password_hash is not None,
-            "rpm": user.rpm,
-            "tpm": user.tpm,
-            "daily_requests": user.daily_requests,
-            "budget_usd": user.budget_usd,
-            "budget_period": user.budget_period,
+            **limit_values(user),
             "created_at": iso(user.created_at),
             "updated_at": iso(user.updated_at),
         }

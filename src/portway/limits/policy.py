@@ -31,7 +31,7 @@ class Caller(Protocol):
 
 def default_spec(cfg: LimitSpecConfig) -> LimitSpec | None:
     """A configured default (`limits.per_ip`, `limits.per_user`), or None when it sets no limit."""
-    return own_limits(cfg.rpm, cfg.tpm, cfg.daily_requests, cfg.budget_usd, cfg.budget_period)
+    return LimitSpec.of(cfg)
 
 
 @functools.lru_cache(maxsize=16_384)
@@ -75,19 +75,6 @@ def limits_for(scope: str, spec: LimitSpec | None) -> list[Limit]:
     if spec.budget_usd is not None:
         out.append(Limit(scope, LimitKind.BUDGET, spec.budget_usd, period=spec.budget_period))
     return out
-
-
-def own_limits(
-    rpm: int | None, tpm: int | None, daily: int | None, budget_usd: float | None, period: str
-) -> LimitSpec | None:
-    """The limits stored on a key or user, or None when it has none of its own.
-
-    None matters: it is what lets ``limits.per_user`` stand in for a user without limits (a LimitSpec of
-    all-None fields is truthy, and used to hide the default).
-    """
-    if rpm is None and tpm is None and daily is None and budget_usd is None:
-        return None
-    return LimitSpec(rpm, tpm, daily, budget_usd, period)
 
 
 def iso(ts: float | None) -> str | None:

@@ -5,21 +5,52 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, fields
+from typing import Any, get_args
+
+from portway.config import BudgetPeriod
 
 MICRO_USD = 1_000_000
-BUDGET_PERIODS = frozenset({"daily", "monthly", "total"})
+BUDGET_PERIODS = frozenset(get_args(BudgetPeriod))
 
 
 @dataclass(frozen=True, slots=True)
 class LimitSpec:
-    """Limits attached to a key or a user; None means "no limit of this kind"."""
+    """Limits attached to a key, a user or a default; None means "no limit of this kind".
+
+    The value of ``config.LimitFields`` (same names, same order), kept a plain frozen dataclass because the
+    hot path hashes it (it keys the cache of built Limits).
+    """
 
     rpm: int | None = None
     tpm: int | None = None
     daily_requests: int | None = None
     budget_usd: float | None = None
     budget_period: str = "total"  # "daily" | "monthly" | "total"
+
+    @classmethod
+    def of(cls, source: object) -> LimitSpec | None:
+        """The limits of anything carrying the five fields (a stored key, user or policy, an admin body, a
+        configured default), or None when it sets none.
+
+        None matters: it is what lets ``limits.per_user`` stand in for a user without limits (a LimitSpec of
+        all-None fields is truthy, and used to hide the default).
+        """
+        rpm, tpm, daily, budget, period = _read_limits(source)
+        if rpm is None and tpm is None and daily is None and budget is None:
+            return None
+        return cls(rpm, tpm, daily, budget, period)
+
+
+LIMIT_FIELDS = tuple(f.name for f in fields(LimitSpec))
+_read_limits = operator.attrgetter(*LIMIT_FIELDS)  # a JWT caller's spec is read on every request
+
+
+def limit_values(source: object) -> dict[str, Any]:
+    """The five limit fields of ``source`` by name: to copy an admin body into a stored row, or a row into
+    its JSON view."""
+    return {name: getattr(source, name) for name in LIMIT_FIELDS}
 
 
 class LimitKind(enum.StrEnum):

@@ -18,7 +18,8 @@ from portway.stores.sql.tables import metadata
 
 
 def _limit_columns() -> list[sa.Column[Any]]:
-    # Fresh Column objects per table: a Column can belong to one table only.
+    """The columns of ``LimitColumns`` (the five limit fields of ``config.LimitFields``), for every table
+    that carries limits; fresh Column objects per table, as a Column belongs to one table only."""
     return [
         sa.Column("rpm", sa.Integer),
         sa.Column("tpm", sa.Integer),
@@ -77,24 +78,31 @@ api_keys = sa.Table(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class UserRow:
-    id: str
-    email: str
-    password_hash: str | None
-    is_admin: bool
-    disabled: bool
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitColumns:
+    """The limits a stored user, key or policy carries (``limits.spec.LimitSpec.of`` reads them). Rows are
+    keyword-only: inherited fields come first, so a positional row would be easy to get wrong."""
+
     rpm: int | None
     tpm: int | None
     daily_requests: int | None
     budget_usd: float | None
     budget_period: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserRow(LimitColumns):
+    id: str
+    email: str
+    password_hash: str | None
+    is_admin: bool
+    disabled: bool
     created_at: float
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRow:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyRow(LimitColumns):
     id: str
     key_hash: str
     display_prefix: str
@@ -106,16 +114,11 @@ class KeyRow:
     revoked_at: float | None
     last_used_at: float | None
     allowed_models: list[str] | None
-    rpm: int | None
-    tpm: int | None
-    daily_requests: int | None
-    budget_usd: float | None
-    budget_period: str
     meta: dict[str, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyRow:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyRow(LimitColumns):
     id: str
     name: str
     period_seconds: float
@@ -126,11 +129,6 @@ class PolicyRow:
     next_rotation_at: float
     sealed_key: str | None
     allowed_models: list[str] | None
-    rpm: int | None
-    tpm: int | None
-    daily_requests: int | None
-    budget_usd: float | None
-    budget_period: str
     created_at: float
 
 
