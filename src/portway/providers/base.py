@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from portway.providers.media import MediaCall, MediaResult, Task
+
 if TYPE_CHECKING:
     from portway.http.client import Transport
 
@@ -121,7 +123,12 @@ class Provider(Protocol):
     @property
     def free(self) -> bool: ...
 
+    @property
+    def tasks(self) -> frozenset[Task]: ...
+
     async def chat(self, call: ChatCall) -> Completion | ChatStream: ...
+
+    async def media(self, call: MediaCall) -> MediaResult: ...
 
     async def warm(self) -> None:
         """Prepares what the first request would otherwise wait for (the Runtime runs it at start)."""
@@ -163,6 +170,7 @@ class BaseProvider:
     needs_key: ClassVar[bool] = True  # without api_keys the provider is disabled
     free: ClassVar[bool] = False  # its answers cost nothing: pricing charges $0 unless a price is set
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+    tasks: ClassVar[frozenset[Task]] = frozenset({Task.CHAT})  # what `chat` and `media` serve
 
     def __init__(self, settings: ProviderSettings, transport: Transport | None = None) -> None:
         """One signature for every type: the registry builds each as `cls(settings, transport)`, and a
@@ -172,6 +180,10 @@ class BaseProvider:
 
     async def chat(self, call: ChatCall) -> Completion | ChatStream:
         raise NotImplementedError
+
+    async def media(self, call: MediaCall) -> MediaResult:
+        """Serve a task of `tasks` other than chat (the media service never calls it for the others)."""
+        raise NotImplementedError(f"{type(self).__name__} serves no {call.task} calls")
 
     async def warm(self) -> None:
         """Nothing to prepare."""

@@ -20,6 +20,7 @@ TEXT_LENGTHS = {
     "provider": 64,
     "served_model": 256,
     "error_code": 64,
+    "endpoint": 32,
 }
 
 
@@ -40,13 +41,20 @@ class UsageRecord:
     error_code: str | None = None
     cost_usd: float = 0.0
     usage_estimated: bool = False  # the upstream sent no usage: tokens estimated from what was delivered
+    endpoint: str = "chat"  # the task: chat, embeddings, image_generation, speech, transcription, ...
+    bytes_in: int = 0  # request body (uploads included)
+    bytes_out: int = 0  # answer body as sent to the client (0 when not counted)
+    images: int = 0  # media units (providers.media.MediaUnits), priced per unit
+    characters: int = 0
+    audio_seconds: float = 0.0
+    video_seconds: float = 0.0
 
 
 class UsageSink(Protocol):
     async def write_usage(self, records: list[UsageRecord]) -> None: ...
 
 
-_RID, _PRINCIPAL, _REQUESTED, _PROVIDER, _SERVED, _ERROR = TEXT_LENGTHS.values()
+_RID, _PRINCIPAL, _REQUESTED, _PROVIDER, _SERVED, _ERROR, _ENDPOINT = TEXT_LENGTHS.values()
 _TEXT = (
     ("request_id", _RID, False),
     ("principal", _PRINCIPAL, False),
@@ -54,16 +62,27 @@ _TEXT = (
     ("provider", _PROVIDER, True),
     ("served_model", _SERVED, True),
     ("error_code", _ERROR, True),
+    ("endpoint", _ENDPOINT, False),
 )
-_INTS = ("status", "prompt_tokens", "completion_tokens", "attempts")
-_FLOATS = ("ts", "latency_ms", "cost_usd")
+_INTS = (
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "attempts",
+    "bytes_in",
+    "bytes_out",
+    "images",
+    "characters",
+)
+_COUNTS = frozenset({"prompt_tokens", "completion_tokens", "bytes_in", "bytes_out", "images", "characters"})
+_FLOATS = ("ts", "latency_ms", "cost_usd", "audio_seconds", "video_seconds")
 _BOOLS = ("stream", "usage_estimated")
 
 
 def _storable(r: UsageRecord) -> bool:
     """The fast check: True for the usual record (short ASCII text, numbers in range), with no copying."""
     p, s, e = r.provider, r.served_model, r.error_code
-    text = f"{r.request_id}{r.principal}{r.requested_model}{p or ''}{s or ''}{e or ''}"
+    text = f"{r.request_id}{r.principal}{r.requested_model}{p or ''}{s or ''}{e or ''}{r.endpoint}"
     return (
         text.isascii()  # non-ASCII text is fine, but is checked for lone surrogates in the slow path
         and "\x00" not in text
@@ -73,6 +92,7 @@ def _storable(r: UsageRecord) -> bool:
         and (p is None or len(p) <= _PROVIDER)
         and (s is None or len(s) <= _SERVED)
         and (e is None or len(e) <= _ERROR)
+        and len(r.endpoint) <= _ENDPOINT
         and type(r.status) is int
         and INT_MIN <= r.status <= INT_MAX
         and type(r.prompt_tokens) is int
@@ -86,6 +106,23 @@ def _storable(r: UsageRecord) -> bool:
         and r.cost_usd - r.cost_usd == 0.0
         and type(r.stream) is bool
         and type(r.usage_estimated) is bool
+        and _counts_ok(r)
+    )
+
+
+def _counts_ok(r: UsageRecord) -> bool:
+    """The media counts, apart so the common chat record (all zero) is checked in one comparison each."""
+    return (
+        type(r.bytes_in) is int
+        and 0 <= r.bytes_in <= INT_MAX
+        and type(r.bytes_out) is int
+        and 0 <= r.bytes_out <= INT_MAX
+        and type(r.images) is int
+        and 0 <= r.images <= INT_MAX
+        and type(r.characters) is int
+        and 0 <= r.characters <= INT_MAX
+        and r.audio_seconds - r.audio_seconds == 0.0
+        and r.video_seconds - r.video_seconds == 0.0
     )
 
 
@@ -120,7 +157,7 @@ def _fix(r: UsageRecord) -> None:
     for name, limit, nullable in _TEXT:
         setattr(r, name, _text(getattr(r, name), limit, nullable))
     for name in _INTS:
-        setattr(r, name, _int(getattr(r, name), 0 if name.endswith("_tokens") else INT_MIN))
+        setattr(r, name, _int(getattr(r, name), 0 if name in _COUNTS else INT_MIN))
     for name in _FLOATS:
         setattr(r, name, _float(getattr(r, name)))
     for name in _BOOLS:

@@ -8,7 +8,7 @@ from portway.usage.records import TEXT_LENGTHS as _LEN
 
 # The newest Alembic revision in stores/migrations/versions (a unit test keeps the two in step): a worker
 # that finds the database already there skips importing Alembic at all.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 metadata = sa.MetaData()
 
@@ -32,4 +32,11 @@ request_log = sa.Table(
     sa.Column("error_code", sa.String(_LEN["error_code"])),
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
     sa.Column("usage_estimated", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("endpoint", sa.String(_LEN["endpoint"]), nullable=False, server_default="chat"),
+    sa.Column("bytes_in", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("bytes_out", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("images", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("characters", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("audio_seconds", sa.Float, nullable=False, server_default="0"),
+    sa.Column("video_seconds", sa.Float, nullable=False, server_default="0"),
 )
