@@ -32,6 +32,7 @@ from portway.errors import (
     UpstreamUnavailable,
 )
 from portway.providers.base import ChatCall, ChatStream, Completion, FailureKind, Provider, UpstreamFailure
+from portway.providers.media import MediaCall, MediaResult, Task, Upload
 from portway.routing.keypool import KeyPool, KeyState
 from portway.routing.router import Target
 
@@ -65,9 +66,49 @@ class Attempt:
         }
 
 
+Result = Completion | ChatStream | MediaResult
+
+
+@dataclass(slots=True)
+class ChatJob:
+    """What one chat request asks of each attempt."""
+
+    payload: dict[str, Any]
+    stream: bool
+    idle_timeout: float
+
+    async def __call__(self, provider: Provider, model: str, key: str | None, timeout: float) -> Result:
+        return await provider.chat(
+            ChatCall(self.payload, model, self.stream, key, timeout, self.idle_timeout)
+        )
+
+
+@dataclass(slots=True)
+class MediaJob:
+    """What one media request (embeddings, images, audio, video) asks of each attempt. `stream`: the answer
+    may be relayed as produced, so only its first bytes are bounded by the first-byte timeout."""
+
+    task: Task
+    payload: dict[str, Any]
+    files: list[Upload] = field(default_factory=list)
+    stream: bool = False
+
+    async def __call__(self, provider: Provider, model: str, key: str | None, timeout: float) -> Result:
+        return await provider.media(MediaCall(self.task, self.payload, model, key, timeout, self.files))
+
+
+def _holds_key(result: Result) -> bool:
+    """A streamed answer keeps its key's in-flight slot until the stream is closed."""
+    if isinstance(result, Completion):
+        return False
+    if isinstance(result, MediaResult):
+        return result.stream is not None
+    return True
+
+
 @dataclass(slots=True)
 class Outcome:
-    result: Completion | ChatStream
+    result: Result
     target: Target
     attempts: list[Attempt]
     release: Callable[[], None] = field(default=lambda: None)  # frees the key's in-flight slot
@@ -103,18 +144,22 @@ class AttemptRunner:
         self.rand = rand
 
     async def run(self, targets: list[Target], payload: dict[str, Any], stream: bool) -> Outcome:
+        """A chat request's attempts (the hot path: one small job object per request)."""
+        return await self.run_job(targets, ChatJob(payload, stream, self.cfg.stream_idle_timeout))
+
+    async def run_job(self, targets: list[Target], job: ChatJob | MediaJob) -> Outcome:
         now = self.clock()
         run = _Run(now + self.cfg.deadline, now)
         for index in range(len(targets)):
             if run.calls >= self.cfg.max_attempts or run.out_of_time:
                 break
-            outcome = await self._try_target(targets, index, payload, stream, run)
+            outcome = await self._try_target(targets, index, job, run)
             if outcome is not None:
                 return outcome
         raise self._final_error(targets, run)
 
     async def _try_target(
-        self, targets: list[Target], index: int, payload: dict[str, Any], stream: bool, run: _Run
+        self, targets: list[Target], index: int, job: ChatJob | MediaJob, run: _Run
     ) -> Outcome | None:
         target = targets[index]
         provider, pool = self.providers[target.provider], self.pools[target.provider]
@@ -135,12 +180,13 @@ class AttemptRunner:
                     )
                 return None
             tried = True
-            if stream:
+            if job.stream:
                 timeout = min(timeout, self.cfg.first_byte_timeout)
             run.due = now + timeout
             run.calls += 1
-            call = ChatCall(payload, target.model, stream, state.key, timeout, self.cfg.stream_idle_timeout)
-            failure = await self._attempt(provider, pool, state, target, call, run)
+            failure = await self._attempt(
+                pool, state, target, job(provider, target.model, state.key, timeout), run
+            )
             if not isinstance(failure, UpstreamFailure):
                 return failure
             if failure.kind is FailureKind.BAD_REQUEST:
@@ -186,16 +232,15 @@ class AttemptRunner:
 
     async def _attempt(
         self,
-        provider: Provider,
         pool: KeyPool,
         state: KeyState,
         target: Target,
-        call: ChatCall,
+        call: Awaitable[Result],
         run: _Run,
     ) -> Outcome | UpstreamFailure:
         started = self.clock()
         try:
-            result = await provider.chat(call)
+            result = await call
         except UpstreamFailure as failure:
             now = self.clock()
             pool.release(state)
@@ -222,7 +267,7 @@ class AttemptRunner:
             Attempt(target.provider, target.model, state.label, 200, "", "ok", (now - started) * 1000)
         )
         release = _once(lambda: pool.release(state))
-        if isinstance(result, Completion):
+        if not _holds_key(result):
             release()
         return Outcome(result, target, run.attempts, release)
 

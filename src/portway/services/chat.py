@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from portway.errors import PortwayError
 from portway.identity.auth import Principal
@@ -104,7 +104,8 @@ class ChatService:
             )
             await self.admission.settle(ticket, usage, cost)
             return ChatReply(target.provider, target.model, body=outcome.result.body, headers=ticket.headers)
-        relay = self._relay(outcome.result, outcome, model, ctx, ticket)
+        # A chat job's result is a Completion or a ChatStream (MediaResults come from media jobs only).
+        relay = self._relay(cast(ChatStream, outcome.result), outcome, model, ctx, ticket)
         return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers)
 
     async def _abandoned(
