@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
 class Settings(BaseSettings):
@@ -22,7 +24,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_timeout: float = Field(default=0.1, gt=0)  # seconds per Redis operation before failing open/closed
     redis_connect_timeout: float = Field(default=2.0, gt=0)  # connecting (at start and after an outage)
-    log_level: str = "info"
+    log_level: LogLevel = "info"  # portway's own loggers; uvicorn's too
     # The HTTP/1.1 protocol: portway's own (http_server.py), or uvicorn's ("httptools", "h11") as a fallback.
     http: Literal["portway", "httptools", "h11"] = "portway"
     secret_key: SecretStr | None = (
@@ -32,6 +34,11 @@ class Settings(BaseSettings):
     jwt_expire_seconds: int = Field(default=86_400, gt=0)
     login_mode: Literal["password", "email_only"] = "password"  # email_only: trusted networks only
     admin_emails: str = ""  # comma-separated; these users are admins
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     def resolved_database_url(self) -> str:
         if self.database_url:

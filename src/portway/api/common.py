@@ -1,7 +1,10 @@
-"""Helpers the FastAPI routes use: the worker's runtime, authentication, JSON bytes."""
+"""Helpers the routes use: the worker's runtime, authentication, JSON bytes, the client's address."""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -24,3 +27,57 @@ async def authenticate(request: Request) -> Principal:
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(obj), status_code=status, headers=headers, media_type="application/json")
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _address(text: str) -> _Address | None:
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1, also for matching IPv4 CIDRs
+    return ip
+
+
+class ClientAddress:
+    """The client's IP for per-IP limits, given `server.trusted_proxies`.
+
+    A connection from a trusted proxy is counted as the rightmost X-Forwarded-For address that is not
+    itself a trusted proxy: everything left of that was written by the client and proves nothing. From
+    any other peer the header is ignored, so a client cannot pick the address it is counted as.
+    """
+
+    def __init__(self, trusted: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
+        # A few load balancers connect over and over: remember which peers they are.
+        self._peer_trusted = lru_cache(maxsize=256)(self._peer_is_trusted)
+
+    def _trusted(self, ip: _Address) -> bool:
+        return any(ip in net for net in self.networks)
+
+    def _peer_is_trusted(self, peer: str) -> bool:
+        ip = _address(peer)
+        return ip is not None and self._trusted(ip)
+
+    def resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """`peer` is the connection's address; `headers` the raw ASGI headers (lower-case names)."""
+        if peer is None or not self._peer_trusted(peer):
+            return peer
+        hops = [
+            hop
+            for name, value in headers
+            if name == b"x-forwarded-for"
+            for hop in value.decode("latin-1").split(",")
+        ]
+        client = peer
+        for hop in reversed(hops):
+            ip = _address(hop)
+            if ip is None:
+                break  # not an address (a proxy wrote "unknown", or garbage): trust no hop beyond it
+            client = str(ip)
+            if not self._trusted(ip):
+                break
+        return client

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -20,6 +23,7 @@ from portway.providers.base import FailureKind, UpstreamFailure
 from portway.providers.local.model import LoadedModel, LocalOptions, load_model
 
 T = TypeVar("T")
+log = logging.getLogger("portway.local")
 
 CLOSE_GRACE = 5.0  # seconds aclose() waits for running generations to notice their cancel flag
 
@@ -109,8 +113,22 @@ class ModelPool:
         try:
             loop = asyncio.get_running_loop()
             path = self._config.resolved_path()
-            model = await loop.run_in_executor(self._executor, load_model, path, self._config)
+            started = time.perf_counter()
+            try:
+                model = await loop.run_in_executor(self._executor, load_model, path, self._config)
+            except UpstreamFailure as failure:
+                log.warning("local model %s not loaded: %s", self._config.model_id, failure.message)
+                raise
             self._loaded.append(model)
+            log.info(
+                "local model %s loaded (%s, n_ctx %d, instance %d of %d) in %.1f s",
+                self._config.model_id,
+                os.path.basename(path or ""),
+                model.n_ctx,
+                len(self._loaded),
+                self._config.max_concurrency,
+                time.perf_counter() - started,
+            )
             if self._closed:
                 model.close()
             else:

@@ -92,10 +92,13 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def _upgrade(connection: sa.Connection) -> None:
+    # Alembic's INFO lines (a plugin list on import, "Context impl SQLiteImpl.", one per revision) say
+    # nothing an operator needs.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic import command  # imported only when there is something to migrate: ~12 MB per worker
     from alembic.config import Config
 
-    cfg = Config()
+    cfg = Config()  # no ini file: Alembic leaves logging as it is
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
