@@ -17,6 +17,7 @@ as "deadline" and touches neither breaker nor key; one cut by its own timeout is
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +36,8 @@ from portway.providers.base import ChatCall, ChatStream, Completion, FailureKind
 from portway.providers.media import MediaCall, MediaResult, Task, Upload
 from portway.routing.keypool import KeyPool, KeyState
 from portway.routing.router import Target
+
+log = logging.getLogger("portway.routing")
 
 _RETRYABLE = frozenset(
     {FailureKind.SERVER, FailureKind.TIMEOUT, FailureKind.CONNECTION, FailureKind.BAD_RESPONSE}
@@ -251,10 +254,19 @@ class AttemptRunner:
             else:
                 pool.report(state, failure.kind, now, self._hold_for(failure))
                 kind, status, message = failure.kind.value, failure.status, failure.message
+            latency_ms = (now - started) * 1000
+            # The key's label (groq#2), never the key; no message either: it quotes the upstream.
+            log.warning(
+                "upstream attempt failed: provider=%s model=%s key=%s status=%s kind=%s after %.0f ms",
+                target.provider,
+                target.model,
+                state.label,
+                status if status is not None else "-",
+                kind,
+                latency_ms,
+            )
             run.attempts.append(
-                Attempt(
-                    target.provider, target.model, state.label, status, message, kind, (now - started) * 1000
-                )
+                Attempt(target.provider, target.model, state.label, status, message, kind, latency_ms)
             )
             return failure
         except BaseException:
