@@ -10,6 +10,9 @@ from datetime import UTC, datetime
 import pytest
 
 from portway import errors
+from portway.config import LimitsConfig
+from portway.identity.auth import Principal
+from portway.limits.admission import Admission
 from portway.limits.counters import (
     TOTAL_BUDGET_RETRY_AFTER,
     Held,
@@ -22,7 +25,8 @@ from portway.limits.counters import (
     raise_for,
 )
 from portway.limits.memory import MemoryCounters
-from portway.limits.spec import Limit, LimitKind
+from portway.limits.spec import Limit, LimitKind, LimitSpec
+from portway.usage.cost import Pricing
 
 
 def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
@@ -335,30 +339,11 @@ async def test_old_windows_are_dropped_lazily(counters: MemoryCounters) -> None:
     assert len(counters._counters) <= 6  # only windows younger than their 120 s TTL survive a sweep
 
 
-def test_breaker_opens_after_threshold_and_lets_one_probe_through_after_cooldown() -> None:
-    from portway.limits.redis import _Breaker
-
-    b = _Breaker(threshold=2, cooldown=0.0)
-    assert b.allow()
-    b.failed(probe=False)
-    assert b.allow() and not b.is_open
-    b.failed(probe=False)
-    assert b.is_open
-    assert b.allow()  # cooldown over: this caller probes...
-    assert not b.allow()  # ...and everyone else keeps deciding without Redis meanwhile
-    b.failed(probe=True)  # failed probe: open again
-    assert b.is_open and b.allow()
-    b.abandoned(probe=True)  # a cancelled probe frees the slot for the next caller
-    assert b.allow()
-    b.succeeded()
-    assert not b.is_open and b.allow()
-
-
 # --- The fast paths (precomputed plan facts, unique-key checks, header building) behave as before. ---
 
 
 def _reference_format_reset(seconds: float) -> str:
-    """format_reset as first written (plain float formatting); the faster one must match it byte for byte."""
+    """format_reset as first written (plain float formatting); the one in use must match it byte for byte."""
     ms = round(max(0.0, seconds) * 1000)
     if ms == 0:
         return "0s"
@@ -391,7 +376,7 @@ def test_format_reset_edges(seconds: float, text: str) -> None:
     assert format_reset(seconds) == text
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 5])  # itemgetter returns a bare item for one index: cover 0, 1, many
+@pytest.mark.parametrize("n", [0, 1, 2, 5])  # no slot, one, a few
 def test_amounts_take_a_request_the_tokens_or_the_micro_usd_per_slot(n: int) -> None:
     kinds = [LimitKind.TPM, LimitKind.RPM, LimitKind.BUDGET, LimitKind.DAILY_REQUESTS, LimitKind.TPM][:n]
     lp = LimitPlan([Limit("key:k", k, 10, "daily" if k is LimitKind.BUDGET else "") for k in kinds])
@@ -540,3 +525,18 @@ async def test_an_expired_counter_reads_as_new_and_restarts(counters: MemoryCoun
     # ...and its new expiry counts from that admission.
     assert await used(counters, limit, now=NOON + 799 * day) == 0.5
     assert await used(counters, limit, now=NOON + 800 * day) == 0
+
+
+async def test_admission_keeps_one_plan_per_caller_and_builds_a_new_one_when_its_limits_change() -> None:
+    admission = Admission(MemoryCounters(), Pricing({}), LimitsConfig())
+
+    def caller(rpm: int) -> Principal:
+        return Principal("key:k", key_id="k", key_limits=LimitSpec(rpm=rpm))
+
+    first = admission._limit_plan(caller(1), None)
+    assert admission._limit_plan(caller(1), None) is first  # a refreshed key-cache entry, same limits
+    changed = admission._limit_plan(caller(2), None)
+    assert changed is not first and changed.caps == (2,)
+    await admission.admit(caller(1), None, {"max_tokens": 1}, 10, [])
+    with pytest.raises(errors.RateLimited):
+        await admission.admit(caller(1), None, {"max_tokens": 1}, 10, [])

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portway.errors import Overloaded, PayloadTooLarge, PortwayError, ValidationError
+from portway.errors import OVERLOADED, PayloadTooLarge, ValidationError, send_error
 
 
 class AdmissionControl:
@@ -28,21 +28,13 @@ class AdmissionControl:
         self.prefix = prefix
         self.fast = dict(fast or {})
         self.in_flight = 0
-        self._body = Overloaded("Server is at capacity; retry shortly").body()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": Overloaded.status,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")],
-                }
-            )
-            await send({"type": "http.response.body", "body": self._body})
+            await send_error(send, OVERLOADED)
             return
         self.in_flight += 1
         try:
@@ -63,7 +55,7 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
-        self._too_large = PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes")
+        self._too_large = PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes").render()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,10 +65,10 @@ class BodyLimit:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit():
-                    await _answer(send, ValidationError("Invalid Content-Length header"))
+                    await send_error(send, ValidationError("Invalid Content-Length header"))
                     return
                 if int(value) > self.limit:
-                    await _answer(send, self._too_large)
+                    await send_error(send, self._too_large)
                     return
             elif name == b"transfer-encoding":
                 chunked = True
@@ -113,7 +105,7 @@ class _Counted:
                 self.refused = True
                 if not self.started:
                     self.started = True
-                    await _answer(self.upstream_send, self.outer._too_large)
+                    await send_error(self.upstream_send, self.outer._too_large)
                 return {"type": "http.disconnect"}  # the app stops reading; its own answer is dropped
         return message
 
@@ -123,10 +115,3 @@ class _Counted:
         if message["type"] == "http.response.start":
             self.started = True
         await self.upstream_send(message)
-
-
-async def _answer(send: Send, err: PortwayError) -> None:
-    body = err.body()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": err.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

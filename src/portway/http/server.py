@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
-from portway.errors import BadHttpRequest, HeadersTooLarge, Overloaded, PortwayError
+from portway.errors import OVERLOADED, BadHttpRequest, HeadersTooLarge, PortwayError, send_error
 from portway.http.cycle import STATUS_LINE, Cycle
 
 if TYPE_CHECKING:
@@ -53,9 +53,10 @@ _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "HE
 
 
 def _error_response(err: PortwayError) -> bytes:
-    body = err.body()
-    head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-    return STATUS_LINE[err.status_code] + head + body
+    """A whole response to write before closing the connection (no app is there to answer)."""
+    status, headers, body = err.render()
+    head = b"".join(b"%s: %s\r\n" % header for header in headers)
+    return STATUS_LINE[status] + head + b"connection: close\r\n\r\n" + body
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,19 +85,12 @@ _rendered: tuple[object, bytes] = (None, b"")
 _BAD_REQUEST = _error_response(BadHttpRequest("Invalid HTTP request"))
 _SERVER_ERROR = _error_response(PortwayError("Internal server error"))
 _HEADERS_TOO_LARGE = _error_response(HeadersTooLarge("Request header fields too large"))
-_OVERLOADED = Overloaded("Server is at capacity; retry shortly").body()
-_OVERLOADED_HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"content-length", b"%d" % len(_OVERLOADED)),
-    (b"retry-after", b"1"),
-    (b"connection", b"close"),
-]
 
 
 async def _refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The app a request gets past `limit_concurrency`: a 503 at once, then the connection is closed."""
-    await send({"type": "http.response.start", "status": 503, "headers": _OVERLOADED_HEADERS})
-    await send({"type": "http.response.body", "body": _OVERLOADED})
+    """The app a request gets past `limit_concurrency`: a 503 at once, then the connection is closed (its
+    cycle is not kept alive, so the response says `connection: close`)."""
+    await send_error(send, OVERLOADED)
 
 
 class HttpProtocol(asyncio.Protocol):

@@ -116,7 +116,7 @@ def _key_principal(key: KeyRow, owner: UserRow | None) -> Principal:
 
 
 class Identity:
-    """Users, virtual keys, rotating policies and JWTs; implements ``services.auth.TokenResolver``."""
+    """Users, virtual keys, rotating policies and JWTs; implements ``identity.auth.TokenResolver``."""
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ usage after it, so concurrent requests cannot overshoot a budget by more than wh
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,30 +34,6 @@ _NO_LIMITS = LimitPlan(())
 _MAX_PLANS = 16_384
 
 
-class _Plans:
-    """LimitPlans per caller, found by the identity of the Caller object (and the client IP).
-
-    A Caller lives as long as its key-cache entry (seconds), so an identity lookup hits for every
-    request in between, without hashing the frozen dataclass each time. Each entry holds its Caller:
-    an id() is not reused while its object is alive, so a hit is always the same caller.
-    """
-
-    def __init__(self) -> None:
-        self._by_id: dict[tuple[int, str | None], tuple[Caller, LimitPlan]] = {}
-
-    def get(self, principal: Caller, client_ip: str | None, build: Callable[[], list[Limit]]) -> LimitPlan:
-        key = (id(principal), client_ip)
-        hit = self._by_id.get(key)
-        if hit is not None and hit[0] is principal:
-            return hit[1]
-        if len(self._by_id) >= _MAX_PLANS:
-            self._by_id.clear()  # callers come back with new Caller objects anyway: start over
-        found = build()
-        lp = LimitPlan(found) if found else _NO_LIMITS
-        self._by_id[key] = (principal, lp)
-        return lp
-
-
 class Admission:
     def __init__(self, counters: Counters, pricing: Pricing, cfg: LimitsConfig) -> None:
         self.counters = counters
@@ -65,7 +41,9 @@ class Admission:
         self.default_completion = cfg.default_completion_tokens
         self.per_ip = default_spec(cfg.per_ip)
         self.per_user = default_spec(cfg.per_user)
-        self._plans = _Plans()
+        # A LimitPlan per (caller, client IP), built once rather than per request. A Caller is a frozen
+        # value: one whose key-cache entry was refreshed with the same limits finds the same plan.
+        self._plans: dict[tuple[Caller, str | None], LimitPlan] = {}
 
     def check_models(self, principal: Caller, names: Sequence[str]) -> None:
         allowed = principal.allowed_models
@@ -78,6 +56,16 @@ class Admission:
     def limits(self, caller: Caller, client_ip: str | None) -> list[Limit]:
         """Every limit that applies to this caller (also what `/v1/me` shows)."""
         return applicable_limits(caller, client_ip, self.per_ip, self.per_user)
+
+    def _limit_plan(self, caller: Caller, client_ip: str | None) -> LimitPlan:
+        key = (caller, client_ip)
+        lp = self._plans.get(key)
+        if lp is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()  # many IPs or callers: start over rather than grow without bound
+            found = self.limits(caller, client_ip)
+            lp = self._plans[key] = LimitPlan(found) if found else _NO_LIMITS
+        return lp
 
     def estimate_tokens(self, payload: dict[str, Any], body_bytes: int) -> tuple[int, int]:
         answer = payload.get("max_completion_tokens") or payload.get("max_tokens") or self.default_completion
@@ -92,7 +80,7 @@ class Admission:
         plan: list[Target],
     ) -> Ticket:
         ip = client_ip if self.per_ip else None  # without per-IP limits one plan serves every address
-        limits = self._plans.get(principal, ip, lambda: self.limits(principal, ip))
+        limits = self._limit_plan(principal, ip)
         if not limits.limits:
             return Ticket()
         prompt, answer = self.estimate_tokens(payload, body_bytes)

@@ -35,26 +35,13 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from portway import errors
 from portway.limits.spec import MICRO_USD, Limit, LimitKind, to_micro
-
-__all__ = [
-    "Counters",
-    "Decision",
-    "Limit",
-    "LimitKind",
-    "LimitPlan",
-    "LimitUsage",
-    "Reservation",
-    "format_reset",
-    "raise_for",
-]
 
 WINDOW_SECONDS = 60
 # A total budget never resets; this only keeps well-behaved clients from retrying in a tight loop.
@@ -202,20 +189,17 @@ def plan(limit: Limit, *, now: float) -> Slot:
     return Slot(f"usd:total:{scope}", kind, cap, _TOTAL_TTL, None)
 
 
-_HEADER_NAMES = tuple(
-    (kind, (f"x-ratelimit-limit-{noun}", f"x-ratelimit-remaining-{noun}", f"x-ratelimit-reset-{noun}"))
-    for kind, noun in ((LimitKind.RPM, "requests"), (LimitKind.TPM, "tokens"))
-)
+class _HeaderGroup(NamedTuple):
+    """The x-ratelimit-* headers of one kind (RPM or TPM) and the slots of that kind."""
 
-# What an admission takes from a slot (see LimitPlan.amounts): a request, the tokens or the micro-USD.
-_TAKES_REQUEST, _TAKES_TOKENS, _TAKES_MICRO = 0, 1, 2
+    limit_name: str
+    remaining_name: str
+    reset_name: str
+    first: int  # the first slot of the kind
+    others: tuple[int, ...]  # the other slots of the kind
 
 
-def _picker(indices: tuple[int, ...]) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
-    """``itemgetter(*indices)`` (the cheapest way to pick items), but returning a tuple for any length."""
-    if len(indices) >= 2:
-        return operator.itemgetter(*indices)
-    return lambda values: tuple(values[i] for i in indices)
+_HEADER_NOUNS = ((LimitKind.RPM, "requests"), (LimitKind.TPM, "tokens"))
 
 
 class LimitPlan:
@@ -233,7 +217,6 @@ class LimitPlan:
 
     __slots__ = (
         "_minute",
-        "_pick_amounts",
         "_slots",
         "cap_texts",
         "caps",
@@ -251,23 +234,22 @@ class LimitPlan:
         # The same ``_cap`` that ``plan`` puts in every slot: slot caps never change with time.
         self.caps = tuple(_cap(limit) for limit in self.limits)
         self.cap_texts = tuple(str(cap) for cap in self.caps)
-        self._pick_amounts = _picker(
-            tuple(
-                _TAKES_TOKENS if kind is _TPM else _TAKES_MICRO if kind is _BUDGET else _TAKES_REQUEST
-                for kind in self.kinds
-            )
-        )
         # Only tokens and cost are settled later, so only their slots go into a Reservation.
         self.held_slots = tuple(i for i, kind in enumerate(self.kinds) if kind is _TPM or kind is _BUDGET)
         # Two limits share a counter exactly when kind, scope and (budgets) period match: the time part of
         # their keys is then equal too. So the keys of any one moment tell whether that ever happens.
         self.shared = len({plan(limit, now=0.0).key for limit in self.limits}) < len(self.limits)
         self.zeros = (0,) * len(self.limits)
-        # x-ratelimit-* describe the tightest RPM slot and the tightest TPM slot: (the three header names,
-        # the first slot of the kind, the other slots of the kind).
+        # x-ratelimit-* describe the tightest RPM slot and the tightest TPM slot.
         self.header_groups = tuple(
-            (*names, found[0], found[1:])
-            for kind, names in _HEADER_NAMES
+            _HeaderGroup(
+                f"x-ratelimit-limit-{noun}",
+                f"x-ratelimit-remaining-{noun}",
+                f"x-ratelimit-reset-{noun}",
+                found[0],
+                found[1:],
+            )
+            for kind, noun in _HEADER_NOUNS
             if (found := tuple(i for i, k in enumerate(self.kinds) if k is kind))
         )
         self._minute = -1
@@ -287,7 +269,10 @@ class LimitPlan:
     def amounts(self, tokens: int, cost: float) -> tuple[int, ...]:
         """What one admission takes from each slot: 1 request, the estimated tokens or micro-USD."""
         tokens = int(tokens)
-        return self._pick_amounts((1, tokens if tokens > 0 else 0, to_micro(cost)))  # by _TAKES_*
+        if tokens < 0:
+            tokens = 0
+        micro = to_micro(cost)
+        return tuple([tokens if kind is _TPM else micro if kind is _BUDGET else 1 for kind in self.kinds])
 
 
 def as_plan(limits: Sequence[Limit] | LimitPlan) -> LimitPlan:
@@ -323,23 +308,19 @@ def first_refusal(
     return None
 
 
-# Seconds are written with up to three decimals, trailing zeros dropped ("9.5s", "0.25s", "6s"): these
-# are the endings for each millisecond part, so formatting a reset needs no float formatting per request.
-_MS_ENDINGS = ("s", *(f".{ms:03d}".rstrip("0") + "s" for ms in range(1, 1000)))
-
-
 def format_reset(seconds: float) -> str:
     """A duration the way OpenAI's x-ratelimit-reset-* headers write it: "20ms", "1s", "6m0s", "1h2m3.5s"."""
     ms = round(seconds * 1000) if seconds > 0 else 0  # ``> 0`` is False for NaN too
     if ms < 1000:
         return f"{ms}ms" if ms else "0s"
+    # Seconds with up to three decimals, trailing zeros dropped ("9.5s", "0.25s", "6s"): under 60 with
+    # three decimals is at most five significant digits, which "g" (six) writes exactly.
     if ms < 60_000:  # the usual case: a rate window resets within the minute
-        return f"{ms // 1000}{_MS_ENDINGS[ms % 1000]}"
-    secs = f"{ms // 1000 % 60}{_MS_ENDINGS[ms % 1000]}"
-    minutes = ms // 60_000
+        return f"{ms / 1000:g}s"
+    minutes, ms = divmod(ms, 60_000)
     if minutes < 60:
-        return f"{minutes}m{secs}"
-    return f"{minutes // 60}h{minutes % 60}m{secs}"
+        return f"{minutes}m{ms / 1000:g}s"
+    return f"{minutes // 60}h{minutes % 60}m{ms / 1000:g}s"
 
 
 def _rate_headers(

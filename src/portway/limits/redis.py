@@ -2,9 +2,10 @@
 
 One Lua script does check-all-then-take-all for every limit of a request in a single round trip (EVALSHA),
 so N processes admit exactly as many requests as the limits allow. The hot path never waits long on Redis:
-each operation is bounded by the operation timeout (default 100 ms) and there are no retries. A small
-circuit breaker stops trying Redis for ``breaker_cooldown`` seconds after ``breaker_threshold`` consecutive
-errors; while Redis is unavailable each limit follows its ``fail_open`` policy (see ``limits``).
+each operation is bounded by the operation timeout (default 100 ms) and there are no retries. A circuit
+breaker (``routing.breaker``, the key pool's) stops trying Redis for ``breaker_cooldown`` seconds after
+``breaker_threshold`` consecutive errors; while Redis is unavailable each limit follows its ``fail_open``
+policy (see ``limits.counters``).
 
 Connecting happens before the first request: ``start`` fills the whole pool and loads the scripts within the
 connect timeout (default 2 s). A cold pool made a burst right after start open dozens of connections inside
@@ -45,6 +46,7 @@ from portway.limits.counters import (
     usage_of,
 )
 from portway.limits.spec import Limit
+from portway.routing.breaker import Breaker
 
 log = logging.getLogger(__name__)
 
@@ -90,45 +92,6 @@ return 0
 """
 
 
-class _Breaker:
-    """Consecutive-failure circuit breaker; after the cooldown one probe call decides whether to close."""
-
-    def __init__(self, threshold: int, cooldown: float) -> None:
-        self.threshold = max(1, threshold)
-        self.cooldown = cooldown
-        self.failures = 0
-        self.open_until = 0.0
-        self.probing = False
-
-    @property
-    def is_open(self) -> bool:
-        return self.failures >= self.threshold
-
-    def allow(self) -> bool:
-        if not self.is_open:
-            return True
-        if self.probing or time.monotonic() < self.open_until:
-            return False
-        self.probing = True
-        return True
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self.probing = False
-
-    def failed(self, probe: bool) -> None:
-        self.failures += 1
-        if probe:
-            self.probing = False
-        if self.is_open:
-            self.open_until = time.monotonic() + self.cooldown
-
-    def abandoned(self, probe: bool) -> None:
-        # A cancelled or starved probe proved nothing: let the next caller probe rather than stay half-open.
-        if probe:
-            self.probing = False
-
-
 class RedisCounters(Counters):
     def __init__(
         self,
@@ -156,7 +119,7 @@ class RedisCounters(Counters):
         self._admit_script = self._redis.register_script(ADMIT_LUA)
         self._settle_script = self._redis.register_script(SETTLE_LUA)
         self._prefix = prefix
-        self._breaker = _Breaker(breaker_threshold, breaker_cooldown)
+        self._breaker = Breaker(breaker_threshold, breaker_cooldown)
         # One EVALSHA normally; SCRIPT LOAD + EVALSHA once after a Redis restart (NOSCRIPT), a reconnect
         # after an outage. A cancelled read drops its connection (redis-py), so nothing is left half-read.
         self._deadline = socket_timeout
@@ -177,12 +140,12 @@ class RedisCounters(Counters):
     @property
     def breaker_open(self) -> bool:
         """True while Redis is considered down (admissions use the fail-open/closed policy)."""
-        return self._breaker.is_open
+        return self._breaker.tripped
 
     def status(self) -> str:
         if not self._connected:
             return "connecting"
-        return "unreachable" if self._breaker.is_open else "ok"
+        return "unreachable" if self._breaker.tripped else "ok"
 
     async def start(self) -> None:
         """Connect the whole pool before the first request, within the connect timeout; if Redis cannot be
@@ -239,15 +202,18 @@ class RedisCounters(Counters):
 
     async def _call(self, op: Callable[[], Awaitable[Any]]) -> Any | None:
         """Run one Redis operation under the breaker and deadline; None means Redis is unavailable."""
-        if not self._breaker.allow():
+        breaker = self._breaker
+        now = time.monotonic()
+        if not breaker.available(now):
             return None
-        probe = self._breaker.is_open  # allowed through an open breaker: this call is the probe
+        probe = breaker.on_acquire(now)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._queue_timeout):
                 await self._connections.acquire()
         except BaseException as exc:
-            self._breaker.abandoned(probe)
+            # A starved or cancelled probe proved nothing: the next caller probes instead.
+            breaker.abandon(probe=probe)
             if isinstance(exc, TimeoutError):
                 self._note_saturation()
                 return None
@@ -256,15 +222,15 @@ class RedisCounters(Counters):
             async with asyncio.timeout_at(loop.time() + self._deadline):
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._breaker.failed(probe)
+            breaker.failure(time.monotonic(), probe=probe)
             self._note_outage(exc)
             return None
         except BaseException:
-            self._breaker.abandoned(probe)
+            breaker.abandon(probe=probe)
             raise
         finally:
             self._connections.release()
-        self._breaker.succeeded()
+        breaker.success()
         if self._outage_logged:
             self._outage_logged = False
             log.info("limits: Redis is reachable again; counters are shared again")

@@ -320,9 +320,6 @@ class IdentityStore:
     async def get_policy(self, name: str) -> PolicyRow | None:
         return await self._one(key_policies, PolicyRow, key_policies.c.name == name)
 
-    async def get_policy_by_id(self, policy_id: str) -> PolicyRow | None:
-        return await self._one(key_policies, PolicyRow, key_policies.c.id == policy_id)
-
     async def list_policies(self, *, limit: int, offset: int) -> tuple[list[PolicyRow], int]:
         return await self._page(key_policies, PolicyRow, [], limit, offset)
 
