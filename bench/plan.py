@@ -9,6 +9,7 @@
 | BENCH_LITELLM | 0 | 1: also measure LiteLLM's proxy (own venv, bench/.litellm-venv) |
 | BENCH_PROFILE | 0 | 1: py-spy a portway worker under c=32 load (bench/results/profile-*.txt) |
 | BENCH_LOCAL | 1 | 0: skip the local-model comparison |
+| BENCH_UPLOADS | 20 (quick: 6) | 10 MiB uploads in the upload scenario (4 at a time; quick: 2) |
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Plan:
     profile_seconds: int
     local: bool
     local_runs: int
+    upload_mib: int
+    upload_count: int
+    upload_concurrency: int
 
     @classmethod
     def from_env(cls) -> Plan:
@@ -73,6 +77,9 @@ class Plan:
             profile_seconds=15,
             local=_flag("BENCH_LOCAL", True),
             local_runs=1 if quick else 3,
+            upload_mib=10,
+            upload_count=int(_env_float("BENCH_UPLOADS", 6 if quick else 20)),
+            upload_concurrency=2 if quick else 4,
         )
 
     def as_dict(self) -> dict[str, Any]:

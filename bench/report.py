@@ -237,6 +237,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             None if p99 is None else p99 < 10,
         )
     )
+    out.append(_upload_target(r))
     lr_local = _get(r, "local", "ratio")
     raw_tps, pw_tps = _get(r, "local", "raw", "median_tps"), _get(r, "local", "portway", "median_tps")
     out.append(
@@ -248,6 +249,25 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         )
     )
     return out
+
+
+def _upload_target(r: dict[str, Any]) -> tuple[str, str, str, bool | None]:
+    """The peak RSS while uploads are in flight, over the RSS after a warm-up upload (bench/upload.py)."""
+    up = r.get("upload") or {}
+    mib = up.get("upload_mib", 10)
+    name, goal = f"{mib} MiB upload: RSS growth", f"< {mib} MiB (peak while uploading, per worker)"
+    growth = up.get("max_growth_mb")
+    if growth is None:
+        return name, goal, "not measured", None
+    measured = (
+        f"{growth:+.1f} MB over {_upload_before(up)} MB after a warm-up upload; "
+        f"{up.get('count')} uploads, {up.get('concurrency')} at a time, statuses {up.get('statuses')}"
+    )
+    return name, goal, measured, bool(up.get("ok")) and growth < mib
+
+
+def _upload_before(up: dict[str, Any]) -> str:
+    return ", ".join(f"{w.get('before_mb')}" for w in (up.get("workers") or {}).values())
 
 
 def targets_table(r: dict[str, Any]) -> str:
@@ -287,6 +307,19 @@ def details(r: dict[str, Any]) -> str:
     if rss:
         per = ", ".join(f"pid {p}: {v:.1f}" for p, v in rss.items() if isinstance(v, int | float))
         lines.append(f"- RSS of the 1-worker portway after the wrk and streaming scenarios (MB): {per}.")
+    up = r.get("upload", {})
+    if up:
+        per = "; ".join(
+            f"pid {p}: cold {w.get('cold_mb')}, after warm-up {w.get('before_mb')}, peak {w.get('peak_mb')}, "
+            f"after {w.get('after_mb')}"
+            for p, w in (up.get("workers") or {}).items()
+        )
+        lines.append(
+            f"- Upload: {up.get('count')} x {up.get('upload_mib')} MiB WAV to POST /v1/audio/transcriptions "
+            f"({up.get('concurrency')} at a time, forwarded to the nginx upstream), {up.get('mib_per_s')} "
+            f"MiB/s, statuses {up.get('statuses')}; RSS per worker (MB, sampled every 5 ms: "
+            f"{up.get('samples')} samples) {per}."
+        )
     loc = r.get("local", {})
     if loc:
         raw_runs, pw_runs = _get(loc, "raw", "runs"), _get(loc, "portway", "runs")

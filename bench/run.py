@@ -26,6 +26,7 @@ from bench.local_model import measure_portway, measure_raw
 from bench.plan import Plan
 from bench.procs import Server, raise_nofile
 from bench.scenarios import Target
+from bench.upload import upload_rss
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -148,6 +149,20 @@ class Run:
             key, _ = servers.virtual_key(pw.url)
             r["overload"] = scenarios.overload(
                 Target("overload", pw.url, auth=key), plan.overload_concurrency, plan.overload_seconds, log
+            )
+            self.stop(pw.server)
+        with self.step("upload"):
+            pw = servers.portway(self.tmp, "portway_upload", servers.portway_config(self.upstream_port))
+            self.start(pw.server)
+            key, _ = servers.virtual_key(pw.url)
+            r["upload"] = upload_rss(
+                pw.url,
+                key,
+                pw.server.workers(),
+                mib=plan.upload_mib,
+                count=plan.upload_count,
+                concurrency=plan.upload_concurrency,
+                log=log,
             )
             self.stop(pw.server)
         with self.step("soak"):

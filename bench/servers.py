@@ -17,6 +17,7 @@ import yaml
 from bench import canned
 from bench.deps import ECHO_MODULE
 from bench.procs import Server, free_port
+from bench.upload import canned_transcription
 
 NGINX_DIR = Path(__file__).resolve().parent / "nginx"
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +25,7 @@ VENV_BIN = Path(sys.executable).parent
 UPSTREAM_KEY = "sk-upstream-bench"
 MASTER_KEY = "sk-pw-bench-master-0123456789abcdef"
 LITELLM_KEY = "sk-litellm-bench"
-PRICE = {"input": 0.1, "output": 0.2}
+PRICE = {"input": 0.1, "output": 0.2, "audio_minute": 0.006}
 
 
 def _render(template: str, out: Path, **values: object) -> Path:
@@ -47,6 +48,7 @@ def nginx_servers(tmp: Path) -> tuple[Server, Server, int, int]:
         COMPLETION=canned.nginx_quote(canned.completion()),
         STREAM_DIRECTIVES=canned.stream_directives(),
         SLOW_SECONDS=canned.SLOW_SECONDS,
+        TRANSCRIPTION=canned.nginx_quote(canned_transcription()),
     )
     proxy_conf = _render(
         "proxy.conf", prefix / "proxy.conf", PREFIX=prefix, UPSTREAM_PORT=up_port, PROXY_PORT=proxy_port

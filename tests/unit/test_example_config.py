@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from portway.config import (
     LimitsConfig,
     LimitSpecConfig,
+    PriceConfig,
     ProviderConfig,
     RoutingConfig,
     ServerConfig,
@@ -41,6 +42,7 @@ def test_example_shows_every_setting() -> None:
         TransportConfig,
         LimitsConfig,
         LimitSpecConfig,
+        PriceConfig,
         ProviderConfig,
     ]
     missing = {f"{m.__name__}.{name}" for m in models for name in m.model_fields if name not in shown}

@@ -1,38 +1,105 @@
-"""Prices per model and the cost of a request. Prices are USD per million tokens, from the config for now;
-the model catalog's pricing plugs in here later. A model without a price costs $0 (and counts nothing
-toward budgets); so does every model of a provider that declares itself free (the local model), unless the
-config prices it.
+"""Prices per model and the cost of a request, in USD, from the config's `pricing` for now (the model
+catalog's pricing plugs in here later): per 1M tokens (chat, embeddings), per image (flat or by size), per 1M
+characters (speech), per minute of audio (transcription) and per second of video.
 
-Also the token estimates for usage an upstream did not report (see the end of this module).
+Each price is looked up on its own: the exact "provider/model" entry first, then the globs in config order,
+and the first entry that sets that price wins (so `openai/*: {input, output}` and `openai/dall-e-*: {image}`
+combine). A model without a price costs $0 for it (and counts nothing toward budgets); so does every model
+of a provider that declares itself free (the local models), unless the config prices it.
+
+Also the usage estimates for what an upstream did not report, and a media request's units before the call
+(see the end of this module).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+from portway.providers.media import MediaUnits, Task
 
 Price = tuple[float, float]  # (input, output) USD per 1M tokens
 _FREE: Price = (0.0, 0.0)
+ImagePrice = float | Mapping[str, float]  # flat per image, or by size ("1024x1024", globs like "*")
+
+
+class PriceSpec(Protocol):
+    """One configured entry (config.PriceConfig has this shape); None: this entry does not set that price."""
+
+    @property
+    def input(self) -> float | None: ...
+    @property
+    def output(self) -> float | None: ...
+    @property
+    def image(self) -> ImagePrice | None: ...
+    @property
+    def characters(self) -> float | None: ...
+    @property
+    def audio_minute(self) -> float | None: ...
+    @property
+    def video_second(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UnitPrices:
+    """The prices that apply to one target, each resolved on its own; None: unpriced ($0)."""
+
+    tokens: Price | None = None  # (input, output) per 1M tokens; embeddings pay `input`
+    image: ImagePrice | None = None
+    characters: float | None = None  # per 1M characters
+    audio_minute: float | None = None
+    video_second: float | None = None
+
+
+_MEDIA_FIELDS = ("image", "characters", "audio_minute", "video_second")
+_ALL_FREE = UnitPrices(_FREE, 0.0, 0.0, 0.0, 0.0)
+
+
+def _entry(value: Price | tuple[float | None, float | None] | PriceSpec) -> UnitPrices:
+    if isinstance(value, tuple):
+        inp, out = value
+        tokens = None if inp is None and out is None else (inp or 0.0, out or 0.0)
+        return UnitPrices(tokens)
+    inp, out = value.input, value.output
+    tokens = None if inp is None and out is None else (inp or 0.0, out or 0.0)
+    return UnitPrices(tokens, *(getattr(value, name) for name in _MEDIA_FIELDS))
 
 
 class Pricing:
-    def __init__(self, prices: Mapping[str, Price], free_providers: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        prices: Mapping[str, Price | tuple[float | None, float | None] | PriceSpec],
+        free_providers: Collection[str] = (),
+    ) -> None:
         self._free = frozenset(free_providers)
-        self._exact = {k: v for k, v in prices.items() if not _is_glob(k)}
-        self._globs = [(k, v) for k, v in prices.items() if _is_glob(k)]
-        self._cache: dict[str, Price | None] = {}
+        entries = {k: _entry(v) for k, v in prices.items()}
+        self._exact = {k: v for k, v in entries.items() if not _is_glob(k)}
+        self._globs = [(k, v) for k, v in entries.items() if _is_glob(k)]
+        self._cache: dict[str, UnitPrices] = {}
 
-    def price(self, target_id: str) -> Price | None:
-        if target_id in self._cache:
-            return self._cache[target_id]
-        found = self._exact.get(target_id)
-        if found is None:
-            found = next((p for pat, p in self._globs if fnmatch.fnmatchcase(target_id, pat)), None)
-        if found is None and target_id.partition("/")[0] in self._free:
-            found = _FREE
+    def prices(self, target_id: str) -> UnitPrices:
+        """Every price of one target, each from the first entry that sets it (exact, then globs)."""
+        found = self._cache.get(target_id)
+        if found is not None:
+            return found
+        matching = [self._exact[target_id]] if target_id in self._exact else []
+        matching += [v for pat, v in self._globs if fnmatch.fnmatchcase(target_id, pat)]
+        free = target_id.partition("/")[0] in self._free
+        resolved = {}
+        for f in fields(UnitPrices):
+            value = next((getattr(e, f.name) for e in matching if getattr(e, f.name) is not None), None)
+            resolved[f.name] = getattr(_ALL_FREE, f.name) if value is None and free else value
+        found = UnitPrices(**resolved)
         if len(self._cache) < 10_000:  # direct provider/model ids are client-chosen: keep the cache bounded
             self._cache[target_id] = found
         return found
+
+    def price(self, target_id: str) -> Price | None:
+        """(input, output) per 1M tokens; None: unpriced."""
+        return self.prices(target_id).tokens
 
     def cost(self, target_id: str, prompt_tokens: int, completion_tokens: int) -> float:
         inp, out = self.price(target_id) or _FREE
@@ -43,6 +110,34 @@ class Pricing:
         if len(target_ids) == 1:
             return self.cost(target_ids[0], prompt_tokens, completion_tokens)
         return max((self.cost(t, prompt_tokens, completion_tokens) for t in target_ids), default=0.0)
+
+    def media_cost(self, target_id: str, units: MediaUnits) -> float:
+        """What a media call spent: every unit it reports at its own price (unpriced units cost $0)."""
+        p = self.prices(target_id)
+        cost = units.prompt_tokens * (p.tokens or _FREE)[0] / 1_000_000
+        if units.images and p.image is not None:
+            cost += units.images * image_price(p.image, units.image_size)
+        cost += units.characters * (p.characters or 0.0) / 1_000_000
+        cost += units.audio_seconds / 60 * (p.audio_minute or 0.0)
+        cost += units.video_seconds * (p.video_second or 0.0)
+        return cost
+
+    def media_estimate(self, target_ids: Sequence[str], units: MediaUnits) -> float:
+        """The most the units could cost on any of the targets (admission reserves it)."""
+        return max((self.media_cost(t, units) for t in target_ids), default=0.0)
+
+
+def image_price(price: ImagePrice, size: str | None) -> float:
+    """Per image at `size`: a flat price, else the size's own entry, then the first glob that matches
+    (`*` for every other size, also an unknown one); no match: the dearest listed size, since a client must
+    not make its images free by asking for a size nobody priced."""
+    if not isinstance(price, Mapping):
+        return price
+    key = size or ""
+    if key in price and not _is_glob(key):
+        return price[key]
+    glob = next((v for pat, v in price.items() if _is_glob(pat) and fnmatch.fnmatchcase(key, pat)), None)
+    return glob if glob is not None else max(price.values(), default=0.0)
 
 
 def _is_glob(pattern: str) -> bool:
@@ -135,3 +230,53 @@ def body_text_chars(body: bytes) -> int:
         if i != -1:
             n += _marker_chars(body, marker, i)
     return n
+
+
+# -- a media request's units before the call (admission reserves their price) ---------------------------
+
+# Transcription: the length of the audio is unknown until the upstream has decoded it; 16,000 bytes a second
+# is a 128 kbit/s MP3 (the usual upload). WAV overestimates, low-bitrate Opus underestimates; the upstream's
+# reported duration settles it when there is one.
+AUDIO_BYTES_PER_SECOND = 16_000
+DEFAULT_VIDEO_SECONDS = 4.0  # OpenAI's default `seconds` for POST /v1/videos
+
+
+def estimate_units(task: Task, payload: Mapping[str, Any], upload_bytes: int = 0) -> MediaUnits:
+    """What a media request will likely spend, from the request alone (already validated by the API, but
+    tolerant of anything: an odd field estimates as its default)."""
+    if task is Task.EMBEDDINGS:
+        return MediaUnits(prompt_tokens=_input_tokens(payload.get("input")))
+    if task in (Task.IMAGE_GENERATION, Task.IMAGE_EDIT):
+        n = payload.get("n")
+        size = payload.get("size")
+        images = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        return MediaUnits(images=images, image_size=size if isinstance(size, str) else None)
+    if task is Task.SPEECH:
+        text = payload.get("input")
+        return MediaUnits(characters=len(text) if isinstance(text, str) else 0)
+    if task in (Task.TRANSCRIPTION, Task.TRANSLATION):
+        return MediaUnits(audio_seconds=max(upload_bytes, 0) / AUDIO_BYTES_PER_SECOND)
+    if task is Task.VIDEO:
+        return MediaUnits(video_seconds=_seconds(payload.get("seconds")))
+    return MediaUnits()
+
+
+def _input_tokens(value: object) -> int:
+    """Embeddings input: a string (UTF-8 bytes ÷ 4 + 1, like a chat prompt), a token array (its length), or
+    a list of either."""
+    if isinstance(value, str):
+        return len(value.encode()) // BYTES_PER_TOKEN + 1
+    if isinstance(value, list):
+        if all(isinstance(v, int) for v in value):
+            return len(value)
+        return sum(_input_tokens(v) for v in value)
+    return 0
+
+
+def _seconds(value: object) -> float:
+    """OpenAI sends `seconds` as a string ("4", "8", "12"); numbers are taken as they are."""
+    try:
+        seconds = float(value) if isinstance(value, str | int | float) else DEFAULT_VIDEO_SECONDS
+    except ValueError:
+        return DEFAULT_VIDEO_SECONDS
+    return seconds if math.isfinite(seconds) and seconds > 0 else DEFAULT_VIDEO_SECONDS
