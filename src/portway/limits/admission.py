@@ -85,7 +85,17 @@ class Admission:
             return Ticket()
         prompt, answer = self.estimate_tokens(payload, body_bytes)
         cost = self.pricing.estimate([t.id for t in plan], prompt, answer)
-        decision = await self.counters.admit(limits, tokens=prompt + answer, cost=cost)
+        return await self._take(limits, prompt + answer, cost)
+
+    async def reserve(self, caller: Caller, client_ip: str | None, *, tokens: int, cost: float) -> Ticket:
+        """Reserve an estimate the caller worked out itself (media requests) against the same limits."""
+        limits = self._limit_plan(caller, client_ip if self.per_ip else None)
+        if not limits.limits:
+            return Ticket()
+        return await self._take(limits, tokens, cost)
+
+    async def _take(self, limits: LimitPlan, tokens: int, cost: float) -> Ticket:
+        decision = await self.counters.admit(limits, tokens=tokens, cost=cost)
         raise_for(decision)
         return Ticket(decision.reservation, decision.headers)
 

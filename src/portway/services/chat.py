@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,6 +23,7 @@ from portway.providers.base import ChatStream, Completion, UpstreamFailure, Usag
 from portway.providers.sse import error_event
 from portway.routing.attempts import AttemptRunner, Outcome
 from portway.routing.router import Router, Target
+from portway.services.common import shielded
 from portway.usage.cost import (
     body_text_chars,
     completion_tokens_estimate,
@@ -32,11 +33,6 @@ from portway.usage.cost import (
 from portway.usage.records import UsageRecord
 
 log = logging.getLogger("portway.chat")
-
-
-async def _shielded(*aws: Awaitable[Any]) -> None:
-    """Run clean-up to completion even if the surrounding task is being cancelled."""
-    await asyncio.shield(asyncio.gather(*aws))
 
 
 @dataclass(slots=True)
@@ -130,7 +126,7 @@ class ChatService:
             cost=cost,
             estimated=usage is not None,
         )
-        await _shielded(self.admission.settle(ticket, usage, cost))
+        await shielded(self.admission.settle(ticket, usage, cost))
 
     async def _relay(
         self, upstream: ChatStream, outcome: Outcome, model: str, ctx: RequestContext, ticket: Ticket
@@ -175,7 +171,7 @@ class ChatService:
                 cost=cost,
                 estimated=estimated,
             )
-            await _shielded(upstream.aclose(), self.admission.settle(ticket, usage, cost))
+            await shielded(upstream.aclose(), self.admission.settle(ticket, usage, cost))
 
     def _record(
         self,
