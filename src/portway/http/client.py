@@ -1,6 +1,6 @@
 """The only place that does network IO to upstreams: keep-alive connection pools per upstream origin.
 
-A request is one write of head and body on a pooled connection (`http1.Connection`); the answer is read
+A request is one write of head and body on a pooled connection (`connection.Connection`); the answer is read
 whole or relayed as it arrives. Timeouts are the caller's: the attempt loop owns the deadline, so only the
 connect step, the wait for a free connection and, for streams, the gap between two arrivals
 (`read_timeout`) are bounded here.
@@ -8,7 +8,7 @@ connect step, the wait for a free connection and, for streams, the gap between t
 Operators' needs: a cap on connections per origin with a bounded wait (PoolTimeout past it), a connect
 timeout, TLS options per provider (`TLSOptions`: one SSLContext per distinct set, made once), and the
 HTTPS_PROXY / HTTP_PROXY / NO_PROXY environment variables (https through a CONNECT tunnel, http as
-absolute-form requests to the proxy). Every failure is one of `http1`'s TransportError subclasses.
+absolute-form requests to the proxy). Every failure is one of the TransportError subclasses of `http.errors`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from portway import __version__
-from portway.http.connection import DEFAULT_MAX_RESPONSE_BYTES, MAX_HEAD_BYTES, Connection, Response
+from portway.http.connection import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    MAX_HEAD_BYTES,
+    Body,
+    Connection,
+    FilePart,
+    Response,
+    StreamedBody,
+)
 from portway.http.errors import (
     ConnectError,
     ConnectTimeout,
@@ -34,7 +42,7 @@ from portway.http.errors import (
     RemoteProtocolError,
 )
 
-__all__ = ["TLSOptions", "Transport", "WireRequest"]
+__all__ = ["Body", "FilePart", "StreamedBody", "TLSOptions", "Transport", "WireRequest"]
 
 _MAX_URLS = 1024
 
@@ -52,7 +60,7 @@ class WireRequest:
     method: str
     url: str
     headers: dict[str, str]
-    body: bytes
+    body: Body  # bytes, or a StreamedBody of known length (Content-Length is its len() either way)
     tls: TLSOptions | None = None
 
 

@@ -3,14 +3,19 @@
 Why not aiohttp's client: per request it builds a ClientRequest, a payload object, a timer handle, a
 response object with its own stream reader, and re-arms a socket-read timer on every chunk, which made
 the upstream call the largest single cost of a gateway request. Upstream calls here are always one POST
-with a body in memory and an answer read whole or relayed chunk by chunk, so a connection is a parser,
-a buffer and a waiter. Everything else (keep-alive pooling, URLs, TLS, proxies) lives in `transport`.
+with a body (in memory, or parts streamed from files) and an answer read whole or relayed chunk by chunk,
+so a connection is a parser, a buffer and a waiter. Everything else (keep-alive pooling, URLs, TLS,
+proxies) lives in `transport`.
 
 Body framing follows the response: Content-Length, chunked, or (no framing) until the upstream closes.
 One request at a time per connection; a connection goes back to the pool only after its answer was read
-to the end and the upstream allows keep-alive. The answer is held to the limits a hostile upstream would
-test (httpx/aiohttp strictness): a hard deadline, a body cap, a head cap, no compression beyond the cap,
-and nothing after the answer is ever read as part of it.
+to the end, its request body was sent whole, and the upstream allows keep-alive. A body in memory (chat)
+is written with the head in one call; a `StreamedBody` (a multipart upload) is written part by part as
+the socket takes it, files read from disk in chunks, so an upload is never whole in memory.
+
+The answer is held to the limits a hostile upstream would test (httpx/aiohttp strictness): a hard
+deadline, a body cap, a head cap, no compression beyond the cap, and nothing after the answer is ever
+read as part of it.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httptools
 
 from portway.http.errors import (
     DecodingError,
+    NetworkError,
     ReadError,
     ReadTimeout,
     RemoteProtocolError,
@@ -36,10 +45,44 @@ DRAIN_SECONDS = 1.0
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers (aiohttp: 8,190 per line; httpx: 100 KB in all)
 MAX_HEADER_COUNT = 128
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+FILE_CHUNK = 256 * 1024  # bytes read from a file part at a time (plus the socket's write buffer: the
+# memory an upload costs while it is sent, whatever its size)
+
+
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    """`size` bytes of the file at `path`, read when the body is written (each attempt reads it anew)."""
+
+    path: Path
+    size: int
+
+
+class StreamedBody:
+    """A request body of known length written from its parts as the socket drains: bytes as they are,
+    files in FILE_CHUNK reads. `len()` is the Content-Length (the sum of the parts)."""
+
+    __slots__ = ("length", "parts")
+
+    def __init__(self, parts: Sequence[bytes | FilePart]) -> None:
+        self.parts = tuple(parts)
+        self.length = sum(len(p) if isinstance(p, bytes) else p.size for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"StreamedBody({len(self.parts)} parts, {self.length} bytes)"
+
+
+Body = bytes | StreamedBody
 
 
 class _Stop(Exception):
     """Raised inside a parser callback to stop parsing at once (carried out by httptools)."""
+
+
+class _WriteStopped(NetworkError):
+    """The connection closed while a StreamedBody was being written."""
 
 
 class Headers(dict[str, str]):
@@ -343,29 +386,38 @@ class Connection(asyncio.Protocol):
         self._header_bytes = 0  # parsed header names and values
         self._header_count = 0
         self._stop: TransportError | None = None
+        self._writer: asyncio.Task[None] | None = None  # a StreamedBody still being written
+        self._write_paused = False  # the transport's write buffer is over its high-water mark
+        self._drained: asyncio.Future[None] | None = None
 
     # -- the caller ---------------------------------------------------------------------------------------
 
     def request(
         self,
         head: bytes,
-        body: bytes,
+        body: Body,
         idle_timeout: float | None,
         deadline: float | None = None,
         limit: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> Response:
-        """Write one request; the Response fills in as the answer arrives."""
+        """Write one request; the Response fills in as the answer arrives. A StreamedBody is written by
+        a task of its own, so an upstream that answers before the body is in (a 413, a 401) is heard."""
         assert self.transport is not None and self._response is None
         response = self._response = Response(self, idle_timeout, deadline, limit)
         self._head_bytes = self._header_bytes = self._header_count = 0
-        self.transport.writelines((head, body))
+        if isinstance(body, bytes):  # the chat path: head and body in one call, as always
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
+            self._writer = self.loop.create_task(self._write_body(body, response))
         return response
 
     def finished(self, response: Response, *, reusable: bool) -> None:
         if response is not self._response:
             return
         self._response = None
-        if reusable and not self.closed:
+        # A body not sent whole (the upstream answered early) leaves the upstream mid-request: not reusable.
+        if reusable and not self.closed and self._writer is None:
             self.pool.put(self)
         else:
             self.close()
@@ -375,7 +427,67 @@ class Connection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+        self._stop_writer()
         self.pool.forget(self)
+
+    # -- writing a StreamedBody ---------------------------------------------------------------------------
+
+    async def _write_body(self, body: StreamedBody, response: Response) -> None:
+        try:
+            for part in body.parts:
+                if isinstance(part, bytes):
+                    await self._write(part)
+                else:
+                    await self._write_file(part)
+        except _WriteStopped:
+            return  # the connection went away: reading the answer reports that (or the early answer)
+        except OSError:
+            response._fail(TransportError("an upload could not be read from its temporary file"))
+            self.close()
+            return
+        self._writer = None  # sent whole
+
+    async def _write_file(self, part: FilePart) -> None:
+        # Reads are synchronous: the file is a spool the API has just written (in the page cache), and a
+        # FILE_CHUNK read costs microseconds, less than a hop to a thread and back.
+        left = part.size
+        with part.path.open("rb") as f:
+            while left > 0:
+                chunk = f.read(min(FILE_CHUNK, left))
+                if not chunk:
+                    raise OSError("the file is shorter than its declared size")
+                left -= len(chunk)
+                await self._write(chunk)
+
+    async def _write(self, data: bytes) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise _WriteStopped
+        self.transport.write(data)
+        while self._write_paused:  # backpressure: wait until the socket took the buffer below low water
+            if self.closed:
+                raise _WriteStopped
+            waiter = self._drained = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._drained = None
+
+    def _stop_writer(self) -> None:
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+        waiter = self._drained
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(_WriteStopped())
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drained
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None:
@@ -425,6 +537,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_writer()
         self.pool.forget(self)
         response = self._response
         if response is None or response._done:

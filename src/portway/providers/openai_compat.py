@@ -16,6 +16,7 @@ import orjson
 from portway.http.client import TLSOptions, Transport, WireRequest
 from portway.http.connection import Response
 from portway.http.errors import DecodingError, NetworkError, ProtocolError, TimeoutException, TransportError
+from portway.providers import openai_media
 from portway.providers.base import (
     BaseProvider,
     ChatCall,
@@ -26,6 +27,7 @@ from portway.providers.base import (
     UpstreamFailure,
     Usage,
 )
+from portway.providers.media import MediaCall, MediaResult, Task
 from portway.providers.sse import EventSplitter, EventTooLarge, event_data
 
 # Fields that steer the gateway itself and must not reach an upstream.
@@ -115,6 +117,9 @@ class OpenAICompatProvider(BaseProvider):
     auth_scheme: ClassVar[str] = "Bearer "
     # OpenAI parameter name -> this upstream's name (most OpenAI-compatible servers need none).
     param_renames: ClassVar[dict[str, str]] = {}
+    # Every OpenAI media endpoint, each passed to the same path under base_url (providers/openai_media.py;
+    # video jobs: providers/openai_video.py).
+    tasks: ClassVar[frozenset[Task]] = frozenset({Task.CHAT, Task.VIDEO}) | openai_media.TASKS
 
     def __init__(self, settings: ProviderSettings, transport: Transport) -> None:
         if not settings.base_url:
@@ -187,6 +192,13 @@ class OpenAICompatProvider(BaseProvider):
         )
 
     # -- IO --------------------------------------------------------------------------------------------
+
+    async def media(self, call: MediaCall) -> MediaResult:
+        if call.task is Task.VIDEO:
+            from portway.providers.openai_video import video  # (it imports this module)
+
+            return await video(self, call)
+        return await openai_media.media(self, call)
 
     async def chat(self, call: ChatCall) -> Completion | ChatStream:
         req, injected = self.build_chat_request(call)

@@ -41,6 +41,7 @@ log = logging.getLogger("portway.media")
 # Audio's length is not known before it is decoded: reserve as if it were 128 kbit/s (MP3's usual rate;
 # WAV is longer per byte, so its reservation is high, and settled with the real seconds after).
 _DEFAULT_VIDEO_SECONDS = 4.0  # OpenAI's default `seconds` for a video
+_AUDIO_TASKS = frozenset({Task.TRANSCRIPTION, Task.TRANSLATION})
 _IMAGE_TASKS = frozenset({Task.IMAGE_GENERATION, Task.IMAGE_EDIT})
 _STREAMED = frozenset({Task.SPEECH})  # answers relayed as produced: only their first bytes are bounded
 
@@ -95,6 +96,9 @@ class MediaService:
         outcome = await self._call(call, payload, files, ticket)
         result, target = outcome.result, outcome.target
         assert isinstance(result, MediaResult)  # a media job's result
+        if task in _AUDIO_TASKS and not result.units.audio_seconds:
+            # The answer carried no duration (a `text` transcription): charge what the upload suggests.
+            result.units.audio_seconds = call.estimate.audio_seconds
         reply = MediaReply(target.provider, target.model, result.content_type, headers=ticket.headers)
         if result.stream is not None:
             reply.stream = self._relay(result, outcome, call, ticket)
