@@ -126,7 +126,11 @@ def test_yaml_errors_and_missing_file(tmp_path: Path) -> None:
 def test_defaults_without_keys_serve_the_local_model() -> None:
     cfg = default_config({})
     assert list(cfg.enabled_providers()) == ["local"]
-    assert cfg.models == {t: ["local/smollm2"] for t in ("fast", "balanced", "smart")}
+    assert {t: cfg.models[t] for t in ("fast", "balanced", "smart")} == {
+        t: ["local/smollm2"] for t in ("fast", "balanced", "smart")
+    }
+    assert cfg.models["text-embedding-3-small"] == ["local/all-minilm-l6-v2"]
+    assert cfg.models["tts-1"] == ["local/piper-joe"] and cfg.models["whisper-1"] == ["local/whisper-tiny.en"]
 
 
 def test_defaults_enable_a_provider_per_env_key() -> None:
@@ -134,7 +138,8 @@ def test_defaults_enable_a_provider_per_env_key() -> None:
     assert cfg.providers["groq"].api_keys == ["g1", "g2"]
     assert cfg.models["fast"][0] == "groq/llama-3.1-8b-instant"
     assert cfg.models["smart"][0] == "openrouter/anthropic/claude-3.5-sonnet"
-    assert all(chain[-1] == "local/smollm2" for chain in cfg.models.values())
+    assert all(cfg.models[t][-1] == "local/smollm2" for t in ("fast", "balanced", "smart"))
+    assert cfg.models["whisper-1"] == ["groq/whisper-large-v3", "local/whisper-tiny.en"]
     assert cfg.providers["hf"].base_url == "https://router.huggingface.co/v1"
 
 

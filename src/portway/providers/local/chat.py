@@ -1,4 +1,5 @@
-"""LocalProvider: OpenAI chat completions from a GGUF model run in-process by llama.cpp."""
+"""LocalProvider: OpenAI chat completions from a GGUF model run in-process by llama.cpp, and the local media
+models (embeddings, speech, transcription and translation: see `tasks`)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,17 @@ from portway.providers.local.params import GenerationRequest, build_request
 from portway.providers.local.pool import ModelPool
 from portway.providers.local.shapes import ResponseShape
 from portway.providers.local.stream import LocalChatStream, StreamItem, as_failure, queue_feeder
+from portway.providers.local.tasks import TASKS, LocalMedia
+from portway.providers.media import MediaCall, MediaResult, Task
 
 if TYPE_CHECKING:
     from portway.http.client import Transport
 
 
 class LocalProvider(BaseProvider):
-    """Serves one model id (`smollm2` unless `options.model_id` says otherwise); needs no API key.
+    """Serves one chat model id (`smollm2` unless `options.model_id` says otherwise) and the media models
+    `all-minilm-l6-v2` (embeddings), `piper-joe` (speech) and `whisper-tiny.en` (transcription and
+    translation); needs no API key.
 
     It answers with the id a client sends back to reach it, `<provider name>/<model id>` (`local/smollm2`),
     the id /v1/models lists: the bare model id names no target.
@@ -40,12 +45,14 @@ class LocalProvider(BaseProvider):
     needs_key = False
     free = True  # runs on this machine: no upstream bills it
     Options = LocalOptions
+    tasks = frozenset({Task.CHAT, *TASKS})
 
     def __init__(self, settings: ProviderSettings, transport: Transport | None = None) -> None:
         super().__init__(settings, transport)  # no HTTP: the transport is not used
         self.config = LocalOptions.model_validate(settings.options)
         self.served_id = f"{settings.name}/{self.config.model_id}"
         self._pool = ModelPool(self.config)
+        self._media = LocalMedia(settings.name, self.config.model_id)  # engines made on first use
 
     @property
     def busy(self) -> int:
@@ -56,7 +63,18 @@ class LocalProvider(BaseProvider):
         """Loads the model now (in a worker thread) instead of on the first request."""
         await self._pool.warm()
 
+    async def media(self, call: MediaCall) -> MediaResult:
+        return await self._media.serve(call)
+
     async def chat(self, call: ChatCall) -> Completion | ChatStream:
+        if call.model in self._media.model_ids() and call.model != self.config.model_id:
+            raise UpstreamFailure(
+                FailureKind.BAD_REQUEST,
+                f"{self.name}/{call.model} is not a chat model: chat with {self.served_id!r}",
+                status=400,
+                error_code="model_not_supported_for_endpoint",
+                param="model",
+            )
         if call.model != self.config.model_id:
             raise UpstreamFailure(
                 FailureKind.BAD_REQUEST,
@@ -74,6 +92,7 @@ class LocalProvider(BaseProvider):
         return await self._complete(request, timeout)
 
     async def aclose(self) -> None:
+        await self._media.aclose()
         await self._pool.aclose()
 
     async def _complete(self, request: GenerationRequest, timeout: float) -> Completion:

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import array
 import base64
+import functools
 import math
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from portway.providers.local.engine import LocalEngine, MediaInputError, unavailable
 
@@ -195,3 +198,28 @@ def encode_base64(vector: Sequence[float]) -> str:
     if sys.byteorder == "big":
         packed.byteswap()
     return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def embeddings_body(
+    vectors: list[list[float]], model: str, prompt_tokens: int, encoding_format: str = "float"
+) -> bytes:
+    """OpenAI's embeddings list; `encoding_format` base64 packs each vector as float32 (what the SDK asks
+    for by default and decodes itself)."""
+    if encoding_format not in ("float", "base64"):
+        raise MediaInputError("encoding_format", "encoding_format must be float or base64")
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": encode_base64(v) if encoding_format == "base64" else v,
+        }
+        for i, v in enumerate(vectors)
+    ]
+    usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return orjson.dumps({"object": "list", "data": data, "model": model, "usage": usage})
+
+
+@functools.cache
+def cl100k_decoder() -> Any | None:
+    """OpenAI's cl100k_base (from `bpe-openai`), to read token-array inputs back as text; None without it."""
+    return _cl100k_decoder()

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -84,7 +84,7 @@ class LocalEngine(Generic[M]):
             cancel.set()
             raise
 
-    async def stream(self, job: Callable[[M, threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+    async def stream(self, job: Callable[[M, threading.Event], Iterator[T]]) -> AsyncGenerator[T, None]:
         """Yields the items `job(model, cancel)` produces on its worker thread, each as soon as it exists.
 
         Closing the iterator early (a client gone) sets the cancel flag; the thread stops at its next item.

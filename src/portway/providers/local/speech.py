@@ -17,13 +17,13 @@ import functools
 import importlib.util
 import struct
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from portway.providers.local.engine import LocalEngine, MediaInputError, unavailable
 
-MODEL_ID = "piper-joe-medium"
+MODEL_ID = "piper-joe"
 LOCAL_VOICE = "joe"
 OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse"}
@@ -114,7 +114,7 @@ class SpeechEngine:
 
         return await self.engine.run(job), request.content_type
 
-    def stream(self, request: SpeechRequest) -> AsyncIterator[bytes]:
+    def stream(self, request: SpeechRequest) -> AsyncGenerator[bytes, None]:
         """Audio bytes as each sentence is synthesized (validate with `speech_request` first)."""
 
         def job(piper: Any, cancel: threading.Event) -> Iterator[bytes]:
