@@ -26,6 +26,9 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes import hf_tasks
+from tests.fakes.videos import FakeVideos
+
 CREATED = 1700000000
 FINGERPRINT = "fp_fake"
 MODEL_IDS = ("fake-model", "fake-model-mini", "fake-embed")
@@ -55,7 +58,7 @@ def parse_fault(fault: str) -> tuple[str, str]:
     elif kind == "429":
         if not arg or _is_number(arg):
             return kind, arg or "1"
-    elif kind in ("slow", "slowchunks") and _is_number(arg):
+    elif kind in ("slow", "slowchunks", "loading") and _is_number(arg):  # loading: HF's cold-model 503
         return kind, arg
     raise ValueError(f"unknown fake fault {fault!r}")
 
@@ -65,6 +68,17 @@ def _is_number(s: str) -> bool:
         return float(s) >= 0
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """A file of a multipart request, as the fake read it (never kept: its size and hash only)."""
+
+    field: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
 
 
 @dataclass
@@ -79,6 +93,7 @@ class RecordedRequest:
     completed: bool = False
     disconnected: bool = False
     disconnected_at: float | None = None  # time.monotonic() when the client's connection was seen closed
+    files: list[RecordedFile] = field(default_factory=list)  # multipart uploads (body: the text fields)
 
     def gone(self) -> None:
         if self.disconnected_at is None:
@@ -218,6 +233,7 @@ class FakeUpstream:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._bound_port: int | None = None
+        self.videos = FakeVideos(self)  # OpenAI's video jobs (tests/fakes/videos.py)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> FakeUpstream:
@@ -260,6 +276,11 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/hf-inference/models/{model:.+}", self._hf_task)
+        self.videos.routes(app)
+        from tests.fakes import openai_media  # (imports this module: here, not at the top)
+
+        openai_media.add_routes(self, app)  # /v1/embeddings, /v1/images/*, /v1/audio/*
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # handler_cancellation turns a client disconnect into CancelledError inside the handler,
         # which is how `disconnected` gets recorded for requests that are parked in a sleep.
@@ -386,6 +407,30 @@ class FakeUpstream:
         rec = self._new_record(request, self._pick_fault(request, None, key, scripted=False), key)
         data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in MODEL_IDS]
         return await self._guard(request, rec, {"object": "list", "data": data}, None)
+
+    async def _hf_task(self, request: web.Request) -> web.StreamResponse:
+        """Hugging Face's task API (answers in tests/fakes/hf_tasks.py); the model id is in the path."""
+        raw = await request.read()
+        model, key = request.match_info["model"], _bearer(request)
+        content_type = request.headers.get("Content-Type", "")
+        try:
+            parsed = json.loads(raw) if content_type.startswith("application/json") else None
+        except ValueError:
+            parsed = None
+        body = parsed if isinstance(parsed, dict) else None
+        rec = self._new_record(request, self._pick_fault(request, model, key, scripted=True), key, body)
+        rec.model = model
+        kind, _, arg = rec.fault.partition(":")
+        if kind == "slow" and _is_number(arg) and not await self._sleep(request, rec, float(arg)):
+            return web.Response()
+        if kind == "loading" and _is_number(arg):
+            status, media, data = hf_tasks.loading(model, float(arg))
+        elif kind in ("ok", "slow"):
+            status, media, data = hf_tasks.answer(model, content_type, raw)
+        else:  # the shared faults: HTTP errors, reset, hang, garbage...
+            return await self._guard(request, rec, {}, None)
+        resp = web.Response(status=status, body=data, headers={"Content-Type": media})
+        return await self._finish(request, rec, resp)
 
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         rec = self._new_record(request, "ok", _bearer(request))

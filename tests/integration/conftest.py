@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import asyncio
+import secrets
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 import pytest
 
+from tests import services
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.server import PortwayProcess
 
@@ -75,3 +79,24 @@ def client(gateway: PortwayProcess) -> openai.OpenAI:
 @pytest.fixture
 def direct(upstream: FakeUpstream) -> openai.OpenAI:
     return openai.OpenAI(base_url=upstream.base_url, api_key="k-main", max_retries=0, timeout=20)
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg  # the dev extra has it; imported here so collecting the suite does not need it
+
+    con = await asyncpg.connect(services.POSTGRES_URL)
+    try:
+        await con.execute(sql)
+    finally:
+        await con.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server (PORTWAY_TEST_POSTGRES_URL), dropped afterwards."""
+    services.require("postgres")
+    name = "portway_test_" + secrets.token_hex(4)
+    asyncio.run(_pg_admin(f"CREATE DATABASE {name}"))
+    server = urlsplit(services.POSTGRES_URL)._replace(scheme="postgresql+asyncpg", path="/" + name)
+    yield server.geturl()
+    asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

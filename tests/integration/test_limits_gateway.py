@@ -48,11 +48,24 @@ async def burst(urls: list[str], key: str, n: int, body: dict[str, Any] | None =
         return Counter(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-@pytest.fixture
-def gw(upstream: FakeUpstream, tmp_path: Path) -> Iterator[PortwayProcess]:
+def priced_config(upstream: FakeUpstream) -> dict[str, Any]:
     cfg = gateway_config(upstream)
     cfg["pricing"] = {"up/*": {"input": 1000.0, "output": 1000.0}}  # $0.001 per token: budgets bite fast
-    proc = PortwayProcess(tmp_path, cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
+    """Shared: each test makes its own key, and every limit here counts per key."""
+    proc = PortwayProcess(tmp_path_factory.mktemp("limits-gw"), priced_config(upstream))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def own_gw(upstream: FakeUpstream, tmp_path: Path) -> Iterator[PortwayProcess]:
+    """For a test that stops the process to read every record it wrote, and only those."""
+    proc = PortwayProcess(tmp_path, priced_config(upstream))
     yield proc
     proc.stop()
 
@@ -78,14 +91,14 @@ def test_daily_quota_and_headers(gw: PortwayProcess) -> None:
     assert int(third.headers["retry-after"]) > 0
 
 
-def test_budget_not_overshot_by_concurrent_requests(gw: PortwayProcess) -> None:
-    key = create_key(gw, budget_usd=0.05, budget_period="total")
+def test_budget_not_overshot_by_concurrent_requests(own_gw: PortwayProcess) -> None:
+    key = create_key(own_gw, budget_usd=0.05, budget_period="total")
     body = {"model": "direct", "messages": MSGS, "max_tokens": 5}
-    got = asyncio.run(burst([gw.url], key, 40, body))
+    got = asyncio.run(burst([own_gw.url], key, 40, body))
     assert got["ok"] >= 1 and got["429:budget_exceeded"] >= 1
     assert set(got) <= {"ok", "429:budget_exceeded"}
-    gw.stop()
-    con = sqlite3.connect(gw.data_dir / "portway.db")
+    own_gw.stop()
+    con = sqlite3.connect(own_gw.data_dir / "portway.db")
     spent = con.execute("SELECT SUM(cost_usd), COUNT(*) FROM request_log WHERE status = 200").fetchone()
     con.close()
     assert spent[1] == got["ok"]
@@ -107,16 +120,18 @@ def test_model_outside_allowed_list_is_403(gw: PortwayProcess) -> None:
     assert r.status_code == 403  # fallbacks are checked too
 
 
-def test_full_pipeline_stream_is_byte_identical(gw: PortwayProcess, upstream: FakeUpstream) -> None:
-    key = create_key(gw, rpm=100, tpm=100_000, daily_requests=100, budget_usd=10)
+def test_full_pipeline_stream_is_byte_identical(own_gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    key = create_key(own_gw, rpm=100, tpm=100_000, daily_requests=100, budget_usd=10)
     body = {"model": "direct", "messages": MSGS, "stream": True}
-    via = httpx.post(gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    via = httpx.post(
+        own_gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+    )
     assert via.status_code == 200 and via.headers["x-ratelimit-remaining-requests"] == "99"
     body["model"] = "fake-model"
     straight = httpx.post(upstream.base_url + "/chat/completions", json=body, headers={"x-api-key": "k"})
     assert via.content == straight.content
-    gw.stop()
-    con = sqlite3.connect(gw.data_dir / "portway.db")
+    own_gw.stop()
+    con = sqlite3.connect(own_gw.data_dir / "portway.db")
     row = con.execute("SELECT principal, stream, total_tokens, cost_usd FROM request_log").fetchone()
     con.close()
     assert row[0].startswith("key:") and row[1] == 1 and row[2] > 0 and row[3] > 0
@@ -132,7 +147,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
-        assert exe, "redis-server is needed for this test"
+        assert exe, "redis-server is needed for this test"  # the redis_server marker skips without it
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
@@ -151,7 +166,7 @@ class RedisServer:
             self.proc.wait()
 
 
-@pytest.mark.redis
+@pytest.mark.redis_server
 def test_two_processes_share_redis_exactly_50_of_200(upstream: FakeUpstream, tmp_path: Path) -> None:
     redis = RedisServer().start()
     # A generous Redis timeout: on a loaded 2-core machine a starved event loop can take longer than the
@@ -176,7 +191,7 @@ def test_two_processes_share_redis_exactly_50_of_200(upstream: FakeUpstream, tmp
         redis.stop()
 
 
-@pytest.mark.redis
+@pytest.mark.redis_server
 def test_redis_stopped_mid_test_rate_limits_fail_open_budgets_fail_closed(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:

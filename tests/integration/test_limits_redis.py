@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 import socket
 import sys
@@ -26,13 +25,14 @@ from portway import errors
 from portway.limits.counters import Decision, raise_for
 from portway.limits.redis import RedisCounters
 from portway.limits.spec import Limit, LimitKind
+from tests import services
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess
 
 pytestmark = pytest.mark.redis
 
-SHARED_URL = "redis://127.0.0.1:6379/0"
+SHARED_URL = services.REDIS_URL
 NOW = 1_710_072_030.0  # a fixed instant, so a minute boundary can't split one test's admissions
 HANG_BOUND = 0.5  # "never hangs": each admit returns within this, whatever Redis does
 
@@ -141,7 +141,7 @@ class SlowConnects:
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
-        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", 6379)
+        redis_r, redis_w = await asyncio.open_connection(*services.address(SHARED_URL, 6379))
         self.writers += [client_w, redis_w]
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float) -> None:
@@ -161,12 +161,12 @@ async def test_cold_starts_with_slow_connects_admit_exactly_the_limit(prefix: st
     """Regression: each connection used to be opened inside the operation timeout, so a burst right after
     start timed out connecting and failed open (81, 69, 71, 74 of 200 admitted at rpm=50). Now ``start``
     fills the pool within the connect timeout, and the burst is exact: four cold starts of two gateways."""
-    async with SlowConnects(delay=0.2) as proxy:
+    async with SlowConnects(delay=0.6) as proxy:
         for round_ in range(4):
             limits = [rpm(f"key:cold{round_}", 50)]
             gateways = [
                 RedisCounters(
-                    proxy.url, prefix=prefix, socket_timeout=0.15, connect_timeout=2.0, max_connections=16
+                    proxy.url, prefix=prefix, socket_timeout=0.5, connect_timeout=2.0, max_connections=16
                 )
                 for _ in range(2)
             ]
@@ -364,8 +364,7 @@ class ThrowawayRedis:
 
 @pytest.fixture
 async def own_redis() -> AsyncIterator[ThrowawayRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
+    services.require("redis_server")
     server = ThrowawayRedis()
     await server.start()
     try:

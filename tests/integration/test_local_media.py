@@ -25,7 +25,7 @@ from portway.providers.local.engine import MediaInputError
 from portway.providers.local.speech import SpeechEngine, speech_request
 from portway.providers.local.transcription import TranscriptionEngine, render
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.local_media, pytest.mark.asyncio(loop_scope="module")]
 
 SENTENCE = "Hello from the gateway, this is a test."
 

@@ -21,7 +21,6 @@ from portway.usage.writer import UsageWriter
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess
-from tests.integration.test_postgres import pg_url  # noqa: F401  (fixture)
 
 POISON = "x" * 150 + "\x00" + "y" * 150  # 301 characters with a NUL byte: Postgres refused both
 MSGS = [{"role": "user", "content": "hi"}]
@@ -122,7 +121,7 @@ def _pg(url: str, sql: str) -> list[asyncpg.Record]:
 def test_a_running_gateway_records_after_a_poison_request(
     upstream: FakeUpstream,
     tmp_path: Path,
-    pg_url: str,  # noqa: F811
+    pg_url: str,
 ) -> None:
     cfg = gateway_config(upstream)
     cfg["models"]["long"] = ["up/" + "z" * 300]  # an upstream answering with a 300-character model
@@ -156,7 +155,7 @@ def test_a_running_gateway_records_after_a_poison_request(
 def test_ready_fails_while_writes_fail_past_the_window_and_recovers(
     upstream: FakeUpstream,
     tmp_path: Path,
-    pg_url: str,  # noqa: F811
+    pg_url: str,
 ) -> None:
     cfg = gateway_config(upstream)
     cfg["server"]["ready_write_failure_seconds"] = 0.3

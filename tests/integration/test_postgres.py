@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess
-
-PG = "postgresql://postgres@127.0.0.1:5432"
-
-
-async def _admin(sql: str) -> None:
-    con = await asyncpg.connect(PG + "/test")
-    try:
-        await con.execute(sql)
-    finally:
-        await con.close()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    name = "portway_test_" + secrets.token_hex(4)
-    try:
-        asyncio.run(_admin(f"CREATE DATABASE {name}"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is needed for this test: {exc}")
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def test_keys_and_request_log_on_postgres(upstream: FakeUpstream, tmp_path: Path, pg_url: str) -> None:

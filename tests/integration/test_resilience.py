@@ -17,12 +17,48 @@ from tests.integration.server import PortwayProcess
 MSGS = [{"role": "user", "content": "ping"}]
 
 
+@pytest.fixture(scope="module")
+def _shared(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[PortwayProcess]]:
+    procs = [PortwayProcess(tmp_path_factory.mktemp("gw"), gateway_config(upstream))]
+    yield procs
+    procs[0].stop()
+
+
 @pytest.fixture
-def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
-    """A fresh process per test: key cool-downs and breakers are per (provider, key) and must not leak."""
-    proc = PortwayProcess(tmp_path_factory.mktemp("gw"), gateway_config(upstream))
-    yield proc
-    proc.stop()
+def gateway(
+    _shared: list[PortwayProcess], upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> PortwayProcess:
+    """One process for the module while it is as good as fresh, a new one when it is not.
+
+    Key cool-downs, pools and breakers are per (provider, key) and must not leak from one test into the next.
+    The tests that share `up` and `up2` leave at most two failures there, below the breaker's threshold of
+    three, and a success clears them (breakers count consecutive failures); the other providers have one test
+    each. So two successful calls make the process as good as fresh; when either fails (a key was taken out of
+    a pool, a breaker is open) the next test gets a process of its own.
+    """
+    if not _as_good_as_fresh(_shared[0], upstream):
+        _shared[0].stop()
+        _shared[0] = PortwayProcess(tmp_path_factory.mktemp("gw"), gateway_config(upstream))
+    return _shared[0]
+
+
+def _as_good_as_fresh(gw: PortwayProcess, upstream: FakeUpstream) -> bool:
+    upstream.reset()  # no fault a test scripted and left unused may answer these
+    try:
+        for provider in ("up", "up2"):
+            r = httpx.post(
+                gw.base_url + "/chat/completions",
+                json={"model": f"{provider}/fake-model", "messages": MSGS},
+                headers=gw.headers(),
+                timeout=10,
+            )
+            if r.status_code != 200 or r.headers.get("x-portway-provider") != provider:
+                return False
+        return [q.key for q in upstream.requests] == ["k-main", "k-second"]
+    finally:
+        upstream.reset()
 
 
 def models_called(up: FakeUpstream) -> list[str | None]:

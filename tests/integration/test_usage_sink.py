@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from portway.stores.sql.database import Database
 from portway.stores.sql.tables import request_log
 from portway.usage.records import UsageRecord
-from tests.integration.test_postgres import pg_url  # noqa: F401  (fixture)
 
 RECORDS = [
     UsageRecord(
@@ -69,7 +68,7 @@ async def test_sqlite_sink_writes_every_field(tmp_path: Path) -> None:
     assert await _roundtrip(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}") == _expected()
 
 
-async def test_postgres_sink_writes_every_field(pg_url: str) -> None:  # noqa: F811
+async def test_postgres_sink_writes_every_field(pg_url: str) -> None:
     assert await _roundtrip(pg_url) == _expected()
 
 

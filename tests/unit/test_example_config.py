@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel
 
 from portway.config import (
+    FilesConfig,
     LimitsConfig,
     LimitSpecConfig,
     PriceConfig,
@@ -15,6 +16,7 @@ from portway.config import (
     RoutingConfig,
     ServerConfig,
     TransportConfig,
+    VideosConfig,
     parse_config,
 )
 
@@ -40,6 +42,8 @@ def test_example_shows_every_setting() -> None:
         ServerConfig,
         RoutingConfig,
         TransportConfig,
+        FilesConfig,
+        VideosConfig,
         LimitsConfig,
         LimitSpecConfig,
         PriceConfig,

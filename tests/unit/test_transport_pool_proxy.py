@@ -59,7 +59,9 @@ async def test_a_full_pool_answers_pool_timeout_within_the_pool_timeout() -> Non
         up.handlers += [silent(5), silent(5)]
         t = Transport(max_connections=2, pool_timeout=0.2)
         hung = [asyncio.create_task(t.send(wire(up.url), timeout=5)) for _ in range(2)]
-        await asyncio.sleep(0.1)
+        async with asyncio.timeout(2):
+            while len(up.heads) < 2:  # noqa: ASYNC110  (both connections taken, both requests sent)
+                await asyncio.sleep(0.01)
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(PoolTimeout):

@@ -52,7 +52,7 @@ async def test_close_during_a_slow_flush_writes_each_record_once() -> None:
     writer.start()
     for i in range(12):
         writer.submit(rec(i))
-    await asyncio.sleep(0.05)  # the first batch is now being written
+    await _until(lambda: bool(sink.written))  # the first batch is committed, its write not yet over
     await writer.aclose()
     assert sorted(sink.written) == sorted(f"r{i}" for i in range(12))  # no batch twice
 
@@ -99,7 +99,9 @@ async def test_a_writer_that_fell_behind_catches_up_in_large_batches() -> None:
     writer = UsageWriter(sink, batch_size=10, max_batch=500, interval=0.01)
     writer.start()
     writer.submit(rec(0))
-    await asyncio.sleep(0.02)  # the first write is in progress: everything below piles up behind it
+    await _until(
+        lambda: sink.calls == 1
+    )  # the first write is in progress: everything below piles up behind it
     for i in range(1, 1000):
         writer.submit(rec(i))
     await writer.aclose()
