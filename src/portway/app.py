@@ -16,9 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from portway import __version__
-from portway.api import admin, auth, openai, ops
+from portway.api import admin, auth, docs, files, media, openai, ops, videos
 from portway.api.chat_asgi import OPENAPI_PATH, ChatCompletionsApp
 from portway.api.middleware import AdmissionControl, BodyLimit
+from portway.api.uploads import UPLOAD_PATHS
 from portway.config import GatewayConfig, load_config
 from portway.errors import MethodNotAllowed, NotFound, PortwayError, ValidationError
 from portway.runtime import Runtime
@@ -28,9 +29,10 @@ log = logging.getLogger("portway")
 
 
 def _render(err: PortwayError) -> Response:
-    return Response(
-        err.body(), status_code=err.status_code, headers=err.headers, media_type="application/json"
-    )
+    status, headers, body = err.render()
+    response = Response(body, status_code=status)
+    response.raw_headers = headers  # the renderer's own, content-type and content-length included
+    return response
 
 
 async def _portway_error(_: Request, exc: Exception) -> Response:
@@ -96,12 +98,18 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
         version=__version__,
         description="A self-hosted, OpenAI-compatible AI gateway.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their assets from a CDN: api/docs.py serves them offline
+        redoc_url=None,
     )
     app.state.runtime = rt
     app.include_router(openai.router)
+    app.include_router(media.router)
+    app.include_router(videos.router)
+    app.include_router(files.router)
     app.include_router(ops.router)
     app.include_router(auth.router)
     app.include_router(admin.router)
+    app.include_router(docs.router)
     app.add_exception_handler(PortwayError, _portway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -122,8 +130,11 @@ def create_asgi(settings: Settings | None = None, cfg: GatewayConfig | None = No
     settings = settings or Settings()
     cfg = cfg or load_config(settings.config)
     api = create_app(settings, cfg)
-    fast = {"/v1/chat/completions": ChatCompletionsApp(api.state.runtime)}
+    fast: dict[str, ASGIApp] = {"/v1/chat/completions": ChatCompletionsApp(api.state.runtime)}
     limited = BodyLimit(api, cfg.server.max_body_bytes)
+    # Multipart media uploads get their own, larger cap (server.max_upload_bytes) instead of the body cap.
+    uploads = BodyLimit(api, cfg.server.max_upload_bytes)
+    fast.update(dict.fromkeys(UPLOAD_PATHS, uploads))
     door: ASGIApp = AdmissionControl(limited, cfg.server.max_in_flight, fast=fast)
     if cfg.server.cors_origins:
         door = CORSMiddleware(

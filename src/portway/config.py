@@ -7,12 +7,13 @@ aliases `fast`, `balanced` and `smart` (seed 003's tiers), each ending in `local
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -130,6 +131,9 @@ class RoutingConfig(_Strict):
 
 class ServerConfig(_Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="request body cap, every route")
+    max_upload_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="multipart upload cap (image edits, audio)"
+    )
     max_in_flight: int = Field(1024, ge=1, description="admitted requests per worker; beyond: fast 503")
     max_connections: int = Field(
         2048, ge=1, description="open client connections per worker; beyond: fast 503 and close"
@@ -145,6 +149,20 @@ class ServerConfig(_Strict):
     )
     cors_origins: list[str] = Field(default_factory=list)
     request_log: bool = True
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDRs of load balancers whose X-Forwarded-For names the client",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, proxies: list[str]) -> list[str]:
+        for i, proxy in enumerate(proxies):
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies[{i}]: {proxy!r} is not an IP address or CIDR") from None
+        return [p.strip() for p in proxies]
 
 
 class TransportConfig(_Strict):
@@ -211,9 +229,60 @@ class LimitsConfig(_Strict):
     )
 
 
+_Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class PriceConfig(_Strict):
-    input: float = Field(ge=0, description="USD per 1M prompt tokens")
-    output: float = Field(ge=0, description="USD per 1M completion tokens")
+    """One entry of `pricing`, in USD. Each price is looked up on its own (usage/cost.py): a price left
+    out here falls through to the next entry that matches the model and sets it."""
+
+    input: _Usd | None = Field(None, description="USD per 1M prompt tokens (chat and embeddings)")
+    output: _Usd | None = Field(None, description="USD per 1M completion tokens")
+    image: _Usd | dict[str, _Usd] | None = Field(
+        None, description='USD per image, flat or by size: {"1024x1024": 0.04, "*": 0.02} (globs allowed)'
+    )
+    characters: _Usd | None = Field(None, description="USD per 1M input characters (speech)")
+    audio_minute: _Usd | None = Field(None, description="USD per minute of input audio (transcription)")
+    video_second: _Usd | None = Field(None, description="USD per second of generated video")
+
+    @model_validator(mode="after")
+    def _prices_something(self) -> PriceConfig:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError(f"set at least one of {', '.join(type(self).model_fields)}")
+        if isinstance(self.image, dict) and (not self.image or not all(self.image)):
+            raise ValueError('image: give a price per size, like {"1024x1024": 0.04, "*": 0.02}')
+        return self
+
+
+class FilesConfig(_Strict):
+    """Generated files (an image's `url` answer) kept in <data dir>/files and served at signed URLs."""
+
+    url_ttl_seconds: float = Field(3600.0, gt=0, description="a signed file URL works for this long (s)")
+    keep_seconds: float | None = Field(
+        None, gt=0, description="a file is deleted this long after it was made (s); default url_ttl_seconds"
+    )
+
+    @model_validator(mode="after")
+    def _keep_covers_url(self) -> FilesConfig:
+        if self.keep_seconds is not None and self.keep_seconds < self.url_ttl_seconds:
+            raise ValueError("keep_seconds must be at least url_ttl_seconds (a URL would outlive its file)")
+        return self
+
+
+class VideosConfig(_Strict):
+    """Video jobs (POST /v1/videos): run in the background, kept in the database."""
+
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="one job's deadline across all attempts (s); default routing.deadline"
+    )
+    max_concurrent: int = Field(2, ge=1, description="jobs one worker runs at a time; the rest wait queued")
+    keep_seconds: float = Field(86400.0, gt=0, description="a finished video can be downloaded this long (s)")
+    max_runs: int = Field(
+        3, ge=1, description="a job interrupted by restarts is run at most this often, then failed"
+    )
+    lease_seconds: float = Field(
+        30.0, ge=1, description="a job whose worker stopped without handing it back is taken over after (s)"
+    )
 
 
 class GatewayConfig(_Strict):
@@ -221,6 +290,8 @@ class GatewayConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    files: FilesConfig = Field(default_factory=FilesConfig)
+    videos: VideosConfig = Field(default_factory=VideosConfig)
     pricing: dict[str, PriceConfig] = Field(
         default_factory=dict, description='"provider/model" or a glob like "groq/*" -> price'
     )
@@ -341,6 +412,16 @@ _TIER_ORDER = {
     "smart": ["openrouter", "openai", "groq", "hf"],
 }
 
+# Media alias -> (the local model that ends it, the keyed providers' models before it, best first).
+_MEDIA_ALIASES: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "text-embedding-3-small": ("all-minilm-l6-v2", [("openai", "text-embedding-3-small")]),
+    "tts-1": ("piper-joe", [("openai", "tts-1")]),
+    "tts-1-hd": ("piper-joe", [("openai", "tts-1-hd")]),
+    "gpt-4o-mini-tts": ("piper-joe", [("openai", "gpt-4o-mini-tts")]),
+    "whisper-1": ("whisper-tiny.en", [("openai", "whisper-1"), ("groq", "whisper-large-v3")]),
+    "gpt-4o-transcribe": ("whisper-tiny.en", [("openai", "gpt-4o-transcribe"), ("groq", "whisper-large-v3")]),
+}
+
 
 def default_config(env: Mapping[str, str]) -> GatewayConfig:
     providers: dict[str, Any] = {"local": {"type": "local"}}
@@ -354,4 +435,7 @@ def default_config(env: Mapping[str, str]) -> GatewayConfig:
         tier: [f"{p}/{tier_models[p][tier]}" for p in order if p in tier_models] + ["local/smollm2"]
         for tier, order in _TIER_ORDER.items()
     }
+    # The model names OpenAI tools send by default, ending in the local media models (no keys needed).
+    for alias, (local, keyed) in _MEDIA_ALIASES.items():
+        models[alias] = [f"{p}/{m}" for p, m in keyed if p in providers] + [f"local/{local}"]
     return parse_config({"providers": providers, "models": models}, "<defaults>", env)

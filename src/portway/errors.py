@@ -2,13 +2,29 @@
 {"error": {"message": ..., "type": ..., "code": ..., "param": ...}} with a fitting HTTP status.
 
 Messages are written for clients: they never carry a secret, an upstream key or a stack trace.
+
+`PortwayError.render()` is the one renderer (status, header pairs, body). The ways out are thin adapters
+over it: `send_error` (ASGI: the hot route, the middleware, the server's own refusals), the server's raw
+bytes (http/server.py) and FastAPI's handlers (app.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
+
+Header = tuple[bytes, bytes]
+_JSON: Header = (b"content-type", b"application/json")
+
+
+class Rendered(NamedTuple):
+    """An error answer, ready to send; a fixed answer (the 503 past capacity) is rendered once."""
+
+    status: int
+    headers: list[Header]  # content-type and content-length first, then the error's own
+    body: bytes
 
 
 class PortwayError(Exception):
@@ -41,11 +57,33 @@ class PortwayError(Exception):
     def body(self) -> bytes:
         return orjson.dumps(self.to_dict())
 
+    def render(self) -> Rendered:
+        body = self.body()
+        headers = [_JSON, (b"content-length", b"%d" % len(body))]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        return Rendered(self.status_code, headers, body)
+
 
 class ValidationError(PortwayError):
     status = 400
     type = "invalid_request_error"
     code = "validation_error"
+
+
+class ModelNotSupportedForEndpoint(PortwayError):
+    """No target of the model can serve this endpoint's task (an embeddings model asked for speech)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "model_not_supported_for_endpoint"
+
+
+class UnsupportedMediaType(PortwayError):
+    """The request or an uploaded file has a content type this endpoint does not take."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class BadHttpRequest(PortwayError):
@@ -154,3 +192,17 @@ class UpstreamBadRequest(PortwayError):
 
 class ConfigError(Exception):
     """Raised at start-up for an invalid configuration; the message names the offending setting."""
+
+
+# Past max_in_flight (api.middleware) or limit_concurrency (http.server): the same answer, rendered once.
+OVERLOADED = Overloaded("Server is at capacity; retry shortly", headers={"Retry-After": "1"}).render()
+
+
+async def send_error(
+    send: Callable[[dict[str, Any]], Awaitable[None]], error: PortwayError | Rendered
+) -> None:
+    """Answer with an error over ASGI."""
+    status, headers, body = error.render() if isinstance(error, PortwayError) else error
+    # A fresh list each time: middleware (CORS) adds its headers to the one it is sent.
+    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+    await send({"type": "http.response.body", "body": body})

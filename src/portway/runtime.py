@@ -10,6 +10,7 @@ from typing import Any
 from portway.config import GatewayConfig
 from portway.http.client import Transport
 from portway.identity.auth import Authenticator, ensure_master_key
+from portway.identity.crypto import SECRET_KEY_FILE, derive_key, load_or_create_secret
 from portway.identity.service import Identity, IdentityConfig
 from portway.limits.admission import Admission
 from portway.limits.counters import Counters
@@ -20,8 +21,12 @@ from portway.routing.attempts import AttemptRunner
 from portway.routing.keypool import KeyPool
 from portway.routing.router import Router
 from portway.services.chat import ChatService
+from portway.services.media import MediaService
+from portway.services.videos import VideoService
 from portway.settings import Settings
+from portway.stores.files import FileStore
 from portway.stores.sql.database import Database
+from portway.stores.sql.videos import VideoJobStore
 from portway.usage.cost import Pricing
 from portway.usage.records import UsageRecord
 from portway.usage.writer import UsageWriter
@@ -79,15 +84,37 @@ class Runtime:
         self.usage = UsageWriter(self.db, failure_window=cfg.server.ready_write_failure_seconds)
         self.counters = _counters(settings.redis_url, settings.redis_timeout, settings.redis_connect_timeout)
         free = {name for name, provider in self.providers.items() if provider.free}
-        self.pricing = Pricing({k: (p.input, p.output) for k, p in cfg.pricing.items()}, free)
+        self.pricing = Pricing(cfg.pricing, free)
         self.admission = Admission(self.counters, self.pricing, cfg.limits)
         self.chat = ChatService(self.router, self.runner, self.admission, self._record)
+        # One usage path for every task; `files` (signed image URLs) is set once the file store exists.
+        self.media = MediaService(self.router, self.runner, self.admission, self.pricing, self._record)
         master_key = ensure_master_key(
             settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None
         )
         self.identity = Identity(IdentityConfig.from_settings(settings), self.db.engine)
         self.auth = Authenticator(master_key, self.identity)
+        self.files, self.videos = self._files_and_videos()
+        self.media.files = self.files
         self._bg: list[asyncio.Task[Any]] = []
+
+    def _files_and_videos(self) -> tuple[FileStore, VideoService]:
+        """The signed-file store (its key derived from the server secret: no secret of its own) and the
+        video jobs, whose media calls get the job's own deadline (`videos.timeout_seconds`) in place of
+        the request deadline, through the same providers, key pools and breakers."""
+        data_dir, cfg = self.settings.data_dir, self.cfg
+        secret = load_or_create_secret(data_dir, SECRET_KEY_FILE, self.identity.config.secret_key)
+        fc, vc, rc = cfg.files, cfg.videos, cfg.routing
+        files = FileStore(
+            data_dir / "files", derive_key(secret, "files"), url_ttl=fc.url_ttl_seconds, keep=fc.keep_seconds
+        )
+        deadline = vc.timeout_seconds or rc.deadline
+        video_rc = rc.model_copy(update={"deadline": deadline, "attempt_timeout": deadline})
+        runner = AttemptRunner(self.providers, self.pools, video_rc)
+        media = MediaService(self.router, runner, self.admission, self.pricing, self._record, files)
+        store = VideoJobStore(self.db.engine)
+        videos = VideoService(store, files, media.run, self.router, self.admission, self.providers, vc)
+        return files, videos
 
     def _record(self, record: UsageRecord) -> None:
         if self.cfg.server.request_log:
@@ -98,6 +125,8 @@ class Runtime:
         await self.identity.start()  # rotation timer (overdue policies rotate now) + last-used writer
         await self.counters.start()  # Redis: a full pool before the first request (bounded wait)
         self.usage.start()
+        self.files.start()  # the sweeper of expired files, once a minute
+        self.videos.start()  # lease renewal; takes over jobs a stopped worker left unfinished
         for name, provider in self.providers.items():
             # In the background (the local model loads for seconds): /health answers meanwhile.
             self._bg.append(asyncio.create_task(provider.warm(), name=f"portway-warm-{name}"))
@@ -108,7 +137,9 @@ class Runtime:
             with contextlib.suppress(BaseException):
                 await task
         # Each step runs even if an earlier one fails: usage records are drained first, the DB closed last.
-        steps = [self.identity.aclose, self.usage.aclose, *(p.aclose for p in self.providers.values())]
+        # Video jobs first: unfinished ones are handed back (in the DB) for the next worker to run.
+        steps = [self.videos.aclose, self.files.aclose, self.identity.aclose, self.usage.aclose]
+        steps += [p.aclose for p in self.providers.values()]
         for step in [*steps, self.transport.aclose, self.counters.aclose, self.db.aclose]:
             try:
                 await step()

@@ -17,8 +17,9 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
+from portway.api.common import ClientAddress
 from portway.api.validation import parse_json_object, validate_chat
-from portway.errors import MethodNotAllowed, PayloadTooLarge, PortwayError, ValidationError
+from portway.errors import MethodNotAllowed, PayloadTooLarge, PortwayError, ValidationError, send_error
 from portway.identity.auth import bearer_token
 from portway.runtime import Runtime
 from portway.services.chat import ChatReply, RequestContext
@@ -58,12 +59,6 @@ async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> by
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def send_error(send: Send, err: PortwayError) -> None:
-    headers = [_JSON, *((k.lower().encode(), v.encode()) for k, v in err.headers.items())]
-    await send({"type": "http.response.start", "status": err.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": err.body()})
 
 
 class _Departure:
@@ -124,6 +119,8 @@ class ChatCompletionsApp:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.limit = runtime.cfg.server.max_body_bytes
+        trusted = runtime.cfg.server.trusted_proxies
+        self.client_address = ClientAddress(trusted) if trusted else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -174,7 +171,10 @@ class ChatCompletionsApp:
         # An id to find the request by, not a secret: no getrandom syscall per request.
         request_id = rid.decode("latin-1")[:64] if rid else f"{getrandbits(64):016x}"
         client = scope.get("client")
-        ctx = RequestContext(request_id, principal, started, client[0] if client else None, len(raw))
+        ip = client[0] if client else None
+        if self.client_address is not None:  # server.trusted_proxies: no work per request without it
+            ip = self.client_address.resolve(ip, scope["headers"])
+        ctx = RequestContext(request_id, principal, started, ip, len(raw))
         departure.arm(scope, receive)  # the body is read: from here `receive` only reports a disconnect
         reply = await self.rt.chat.chat(body, ctx)
         headers = [
