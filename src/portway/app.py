@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from portway import __version__
 from portway.api import admin, auth, docs, files, media, openai, ops, videos
 from portway.api.chat_asgi import OPENAPI_PATH, ChatCompletionsApp
 from portway.api.middleware import AdmissionControl, BodyLimit
-from portway.api.uploads import UPLOAD_PATHS
+from portway.api.uploads import UPLOAD_PATHS, sweep_stale
 from portway.config import GatewayConfig, load_config
 from portway.errors import MethodNotAllowed, NotFound, PortwayError, ValidationError
 from portway.runtime import Runtime
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await rt.start()
+        await asyncio.to_thread(sweep_stale, settings.data_dir / "uploads")  # a killed worker's leftovers
         # Everything loaded so far lives as long as the worker: take it out of the cyclic GC's reach, so a
         # full collection walks what requests allocate, not ~hundreds of thousands of module objects
         # (a full collection over those was a multi-millisecond stall, seen in the c=1 latency tail).

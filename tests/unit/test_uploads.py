@@ -134,3 +134,19 @@ async def test_starlettes_limits_hold(tmp_path: Path) -> None:
         async with multipart_form(request([broken]), limit=1 << 20, root=tmp_path):
             pytest.fail("parsed a broken body")
     assert left(tmp_path) == []
+
+
+def test_sweep_removes_only_stale_request_directories(tmp_path: Path) -> None:
+    import time
+
+    from portway.api.uploads import sweep_stale
+
+    old, fresh = tmp_path / "req-old", tmp_path / "req-fresh"
+    for d in (old, fresh):
+        d.mkdir()
+        (d / "part").write_bytes(b"x" * 10)
+    hour_ago = time.time() - 3700
+    os.utime(old, (hour_ago, hour_ago))
+    assert sweep_stale(tmp_path) == 1
+    assert not old.exists() and fresh.exists()
+    assert sweep_stale(tmp_path / "missing") == 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -147,3 +148,25 @@ async def multipart_form(request: Request, *, limit: int, root: Path) -> AsyncIt
     finally:
         # Synchronously: after a disconnect an await here could be cancelled again and leave the files.
         shutil.rmtree(directory, ignore_errors=True)
+
+
+STALE_UPLOAD_SECONDS = 3600.0
+
+
+def sweep_stale(root: Path, older_than: float = STALE_UPLOAD_SECONDS) -> int:
+    """Remove request directories a killed worker left behind (start-up only: blocking IO is fine there).
+
+    Only directories untouched for `older_than` go: another worker may be receiving an upload right now.
+    """
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - older_than
+    removed = 0
+    for entry in root.iterdir():
+        try:
+            if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    return removed
