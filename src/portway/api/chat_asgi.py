@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
 from random import getrandbits
 from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from portway.api.common import ClientAddress
+from portway.api.departure import Departure, stream_events
 from portway.api.validation import parse_json_object, validate_chat
 from portway.errors import MethodNotAllowed, PayloadTooLarge, PortwayError, ValidationError, send_error
 from portway.identity.auth import bearer_token
@@ -32,7 +32,6 @@ _SSE = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 def _header_map(scope: Scope) -> dict[bytes, bytes]:
@@ -61,60 +60,6 @@ async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> by
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class _Departure:
-    """Cancels the request's task when its client goes away while the request is being answered.
-
-    Armed once the body is read, for the whole answer: a non-stream request waiting for its upstream as
-    much as a stream being relayed (cancelling closes the upstream connection and frees the request's and
-    the key's in-flight slots). portway's own server calls back on a disconnect (the `portway.on_disconnect`
-    extension: no task on the hot path); under any other ASGI server a task waits on `receive()` for it.
-    """
-
-    __slots__ = ("armed", "gone", "task", "watcher")
-
-    def __init__(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.task = task
-        self.armed = False
-        self.gone = False  # the client left, and the task was cancelled for it
-        self.watcher: asyncio.Task[None] | None = None
-
-    def arm(self, scope: Scope, receive: Receive) -> None:
-        self.armed = True
-        extensions = scope.get("extensions")
-        on_disconnect = extensions.get("portway.on_disconnect") if extensions else None
-        if on_disconnect is not None:
-            on_disconnect(self.leave)
-        else:
-            self.watcher = asyncio.create_task(self._watch(receive))
-
-    def disarm(self) -> None:
-        """From here on a disconnect cancels nothing (the answer is being sent, or was)."""
-        self.armed = False
-        if self.watcher is not None:
-            self.watcher.cancel()
-            self.watcher = None
-
-    def leave(self) -> None:
-        if self.armed and not self.gone:
-            self.gone = True
-            self.task.cancel()
-
-    def forgive(self) -> bool:
-        """After a CancelledError: True (and the cancellation undone) if it was ours: the client left."""
-        self.disarm()
-        if self.gone:
-            self.task.uncancel()
-        return self.gone
-
-    async def _watch(self, receive: Receive) -> None:
-        message: Message = {"type": ""}
-        while message["type"] != "http.disconnect":
-            message = await receive()
-        self.leave()
-
-
 class ChatCompletionsApp:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -128,7 +73,7 @@ class ChatCompletionsApp:
                 send, MethodNotAllowed("Method not allowed for this path", headers={"Allow": "POST"})
             )
             return
-        departure = _Departure()
+        departure = Departure()
         try:
             reply, headers = await self._handle(scope, receive, departure)
         except PortwayError as err:
@@ -152,10 +97,10 @@ class ChatCompletionsApp:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         else:
-            await _stream(reply.stream, send, [*_SSE, *headers], departure)
+            await stream_events(reply.stream, send, [*_SSE, *headers], departure)
 
     async def _handle(
-        self, scope: Scope, receive: Receive, departure: _Departure
+        self, scope: Scope, receive: Receive, departure: Departure
     ) -> tuple[ChatReply, list[tuple[bytes, bytes]]]:
         started = time.monotonic()
         h = _header_map(scope)
@@ -184,28 +129,6 @@ class ChatCompletionsApp:
         ]
         headers += [(k.encode(), v.encode()) for k, v in (reply.headers or {}).items()]
         return reply, headers
-
-
-async def _stream(
-    events: AsyncGenerator[bytes, None], send: Send, headers: list[Any], departure: _Departure
-) -> None:
-    """Send events as they come; a client disconnect cancels the pump (and with it the upstream call)."""
-    try:
-        # The first event is pulled before anything is sent: once the relay has started, its clean-up
-        # (record, settle, key release) runs however the pump ends; an unstarted generator would skip it.
-        first = await anext(events, None)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        if first is not None:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-            async for event in events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send(_END)
-    except asyncio.CancelledError:
-        if not departure.forgive():
-            raise
-    finally:
-        departure.disarm()
-        await events.aclose()
 
 
 # The route's entry in the OpenAPI document (it is not a framework route, so it is described by hand).

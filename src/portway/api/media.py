@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from random import getrandbits
 from typing import Any
 
@@ -23,8 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from portway.api.chat_asgi import _Departure, _stream
 from portway.api.common import ClientAddress, authenticate, runtime
+from portway.api.departure import Departure, stream_events
 from portway.api.uploads import Form, multipart_form
 from portway.api.validation import parse_json_object
 from portway.errors import UnsupportedMediaType, ValidationError
@@ -50,32 +51,26 @@ _AUDIO_TYPES = ("audio/", "video/", "application/octet-stream", "application/ogg
 
 @router.post("/v1/embeddings", summary="Create embeddings (OpenAI-compatible)")
 async def embeddings(request: Request) -> Response:
-    started = time.monotonic()
-    principal = await authenticate(request)
-    payload, size = await _json(request)
-    check_embeddings(payload)
-    ctx = _context(request, principal, started, size)
-    return await _serve(request, Task.EMBEDDINGS, payload, [], ctx)
+    return await _json_route(request, Task.EMBEDDINGS, check_embeddings)
 
 
 @router.post("/v1/images/generations", summary="Create images from a prompt (OpenAI-compatible)")
 async def image_generations(request: Request) -> Response:
-    started = time.monotonic()
-    principal = await authenticate(request)
-    payload, size = await _json(request)
-    check_image_request(payload)
-    ctx = _context(request, principal, started, size)
-    return await _serve(request, Task.IMAGE_GENERATION, payload, [], ctx)
+    return await _json_route(request, Task.IMAGE_GENERATION, check_image_request)
 
 
 @router.post("/v1/audio/speech", summary="Create speech from text (OpenAI-compatible)")
 async def speech(request: Request) -> Response:
+    return await _json_route(request, Task.SPEECH, check_speech)
+
+
+async def _json_route(request: Request, task: Task, check: Callable[[dict[str, Any]], object]) -> Response:
+    """A JSON media request: authenticate, read and check the body, serve."""
     started = time.monotonic()
     principal = await authenticate(request)
     payload, size = await _json(request)
-    check_speech(payload)
-    ctx = _context(request, principal, started, size)
-    return await _serve(request, Task.SPEECH, payload, [], ctx)
+    check(payload)
+    return await _serve(request, task, payload, [], _context(request, principal, started, size))
 
 
 @router.post("/v1/images/edits", summary="Edit images with a prompt and an optional mask (multipart)")
@@ -138,7 +133,7 @@ async def _serve(
     request: Request, task: Task, payload: dict[str, Any], files: list[Upload], ctx: RequestContext
 ) -> Response:
     """Run the request, cancelled if the client leaves meanwhile (the service records that as 499)."""
-    departure = _Departure()
+    departure = Departure()
     departure.arm(request.scope, request.receive)  # the body is read: `receive` only reports a disconnect
     try:
         reply = await runtime(request).media.run(
@@ -166,7 +161,7 @@ async def _serve(
 class _Relay(Response):
     """A streamed answer (speech): chunks as produced; a disconnect cancels the producer."""
 
-    def __init__(self, reply: MediaReply, headers: dict[str, str], departure: _Departure) -> None:
+    def __init__(self, reply: MediaReply, headers: dict[str, str], departure: Departure) -> None:
         super().__init__(status_code=200, media_type=reply.content_type)
         assert reply.stream is not None
         self.events = reply.stream
@@ -175,7 +170,7 @@ class _Relay(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctype = (b"content-type", self.media_type.encode("latin-1") if self.media_type else b"")
-        await _stream(self.events, send, [ctype, *self.extra], self.departure)
+        await stream_events(self.events, send, [ctype, *self.extra], self.departure)
 
 
 # -- checks: what the gateway itself can tell is wrong, before any upstream call ------------------------
