@@ -274,6 +274,17 @@ async def test_streamed_response_is_chunked(server: Server) -> None:
     writer.close()
 
 
+async def test_http_1_0_gets_a_close_delimited_body_not_chunks(server: Server) -> None:
+    """HTTP/1.0 has no chunked encoding: an unframed answer is sent as is and the connection closed."""
+    reader, writer = await connect(server)
+    writer.write(b"POST /stream HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 5)  # until the server closes
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and b"connection: close" in head.lower()
+    assert body == b"onetwothree"
+    writer.close()
+
+
 async def test_expect_100_continue(server: Server) -> None:
     reader, writer = await connect(server)
     writer.write(

@@ -163,6 +163,8 @@ class Cycle:
             body, self.expected = b"", 0
         elif self.chunked:
             body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + (b"" if more else b"0\r\n\r\n")
+        elif self.expected < 0:
+            pass  # close-delimited (an HTTP/1.0 client): any length
         elif len(body) > self.expected:
             raise RuntimeError("Response content longer than Content-Length")
         else:
@@ -171,7 +173,7 @@ class Cycle:
         if head or body:
             proto.write(head + body if head else body)
         if not more:
-            if self.expected:
+            if self.expected > 0:
                 raise RuntimeError("Response content shorter than Content-Length")
             self.response_complete = True
             self.wake()
@@ -201,7 +203,10 @@ class Cycle:
         if not self.keep_alive and not close:
             lines.append(b"connection: close\r\n")
         if not framed and self.scope["method"] != "HEAD" and status not in (204, 304):
-            self.chunked = True
-            lines.append(b"transfer-encoding: chunked\r\n")
+            if self.scope["http_version"] == "1.0":
+                self.expected = -1  # HTTP/1.0 knows no chunking: the body ends when the connection does
+            else:
+                self.chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)
