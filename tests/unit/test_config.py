@@ -67,7 +67,7 @@ def test_unknown_provider_type_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"providers": {"x": {"type": "opnai"}}}, "gateway.yaml", env={})
     assert "providers.x.type" in str(err.value)
-    assert "known types: huggingface, local, openai" in str(err.value)
+    assert "known types: anthropic, gemini, huggingface, local, openai" in str(err.value)
 
 
 @pytest.mark.parametrize(

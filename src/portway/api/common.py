@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
+from random import getrandbits
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from fastapi.responses import Response
 
 from portway.identity.auth import Principal, bearer_token
 from portway.runtime import Runtime
+from portway.services.chat import RequestContext
 
 
 def runtime(request: Request) -> Runtime:
@@ -81,3 +83,38 @@ class ClientAddress:
             if not self._trusted(ip):
                 break
         return client
+
+
+def request_id(request: Request) -> str:
+    """The client's x-request-id (cut to 64 characters), or a fresh one: an id to find a request by, not a
+    secret, so no getrandom syscall per request."""
+    rid = request.headers.get("x-request-id")
+    return rid[:64] if rid else f"{getrandbits(64):016x}"
+
+
+def client_ip(request: Request) -> str | None:
+    """The address per-IP limits count this request as (`server.trusted_proxies` applied)."""
+    ip = request.client.host if request.client else None
+    trusted = runtime(request).cfg.server.trusted_proxies
+    if not trusted:
+        return ip
+    addresses = getattr(request.app.state, "client_address", None)
+    if addresses is None:
+        addresses = request.app.state.client_address = ClientAddress(trusted)
+    resolved: str | None = addresses.resolve(ip, request.scope["headers"])
+    return resolved
+
+
+def request_context(
+    request: Request,
+    principal: Principal,
+    started: float,
+    size: int,
+    *,
+    endpoint: str,
+    rid: str | None = None,
+) -> RequestContext:
+    """What the services record a FastAPI-routed request by (the chat route builds its own, in ASGI)."""
+    return RequestContext(
+        rid or request_id(request), principal, started, client_ip(request), size, endpoint=endpoint
+    )

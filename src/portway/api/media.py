@@ -15,7 +15,6 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
-from random import getrandbits
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,12 +23,11 @@ from PIL import Image, UnidentifiedImageError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from portway.api.common import ClientAddress, authenticate, runtime
+from portway.api.common import authenticate, request_context, runtime
 from portway.api.departure import Departure, stream_events
 from portway.api.uploads import Form, multipart_form
 from portway.api.validation import parse_json_object
 from portway.errors import UnsupportedMediaType, ValidationError
-from portway.identity.auth import Principal
 from portway.providers.media import Task, Upload
 from portway.services.chat import RequestContext
 from portway.services.media import MediaReply
@@ -70,7 +68,9 @@ async def _json_route(request: Request, task: Task, check: Callable[[dict[str, A
     principal = await authenticate(request)
     payload, size = await _json(request)
     check(payload)
-    return await _serve(request, task, payload, [], _context(request, principal, started, size))
+    return await _serve(
+        request, task, payload, [], request_context(request, principal, started, size, endpoint=task.value)
+    )
 
 
 @router.post("/v1/images/edits", summary="Edit images with a prompt and an optional mask (multipart)")
@@ -99,7 +99,7 @@ async def _upload_route(request: Request, task: Task) -> Response:
                 payload = await check_image_edit(form)
             else:
                 payload = check_audio(form)
-            ctx = _context(request, principal, started, form.size)
+            ctx = request_context(request, principal, started, form.size, endpoint=task.value)
             return await _serve(request, task, payload, form.files, ctx)
     except ClientDisconnect:
         return Response(status_code=499)  # gone mid-upload: nobody reads this; the files are removed
@@ -114,19 +114,6 @@ async def _json(request: Request) -> tuple[dict[str, Any], int]:
         raise UnsupportedMediaType("This endpoint takes a JSON body (application/json), not multipart")
     raw = await request.body()
     return parse_json_object(raw), len(raw)
-
-
-def _context(request: Request, principal: Principal, started: float, size: int) -> RequestContext:
-    rid = request.headers.get("x-request-id")
-    request_id = rid[:64] if rid else f"{getrandbits(64):016x}"
-    ip = request.client.host if request.client else None
-    trusted = runtime(request).cfg.server.trusted_proxies
-    if trusted:
-        addresses = getattr(request.app.state, "client_address", None)
-        if addresses is None:
-            addresses = request.app.state.client_address = ClientAddress(trusted)
-        ip = addresses.resolve(ip, request.scope["headers"])
-    return RequestContext(request_id, principal, started, ip, size)
 
 
 async def _serve(

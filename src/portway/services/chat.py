@@ -42,6 +42,7 @@ class RequestContext:
     started: float  # time.monotonic() at arrival
     client_ip: str | None = None
     body_bytes: int = 0
+    endpoint: str = "chat"  # the request log's endpoint: chat, responses, messages, completions
 
 
 @dataclass(slots=True)
@@ -205,6 +206,8 @@ class ChatService:
                 error_code=error_code,
                 cost_usd=cost,
                 usage_estimated=estimated,
+                endpoint=ctx.endpoint,
+                bytes_in=ctx.body_bytes,
             )
         )
 
