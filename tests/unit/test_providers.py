@@ -43,7 +43,7 @@ def test_declarations() -> None:
 
 
 def test_unknown_type_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"known types: huggingface, local, openai"):
+    with pytest.raises(ValueError, match=r"known types: anthropic, gemini, huggingface, local, openai"):
         provider_class("nope")
 
 

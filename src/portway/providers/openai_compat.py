@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import orjson
@@ -110,6 +110,32 @@ def mask_key(text: str | None, key: str | None, limit: int) -> str | None:
     return "".join(out)
 
 
+def classify_http_error(
+    status: int,
+    headers: Any,
+    body: bytes,
+    key: str | None,
+    fields: Callable[[bytes], tuple[str | None, str | None, str | None]] = _error_fields,
+) -> UpstreamFailure:
+    """The failure for an HTTP error answer. `fields` reads (message, code, param) from the body; they are
+    relayed (key masked, cut) for a 400-class refusal only. Shared by every HTTP provider type."""
+    kind = _status_kind(status)
+    retry_after = parse_retry_after(headers.get("Retry-After")) if kind is FailureKind.RATE_LIMIT else None
+    if kind is not FailureKind.BAD_REQUEST:
+        # Upstream wording for auth/rate/server errors may echo (part of) our key: never relay it.
+        return UpstreamFailure(
+            kind, f"upstream returned HTTP {status}", status=status, retry_after=retry_after
+        )
+    message, code, param = fields(body)
+    return UpstreamFailure(
+        kind,
+        mask_key(message, key, _MAX_MESSAGE) or f"upstream rejected the request (HTTP {status})",
+        status=status,
+        error_code=mask_key(code, key, _MAX_FIELD),
+        param=mask_key(param, key, _MAX_FIELD),
+    )
+
+
 class OpenAICompatProvider(BaseProvider):
     type_name = "openai"
     chat_path: ClassVar[str] = "/chat/completions"
@@ -159,23 +185,7 @@ class OpenAICompatProvider(BaseProvider):
         return WireRequest("POST", self._url, headers, orjson.dumps(body), self._tls), injected
 
     def classify_error(self, status: int, headers: Any, body: bytes, key: str | None) -> UpstreamFailure:
-        kind = _status_kind(status)
-        retry_after = (
-            parse_retry_after(headers.get("Retry-After")) if kind is FailureKind.RATE_LIMIT else None
-        )
-        if kind is not FailureKind.BAD_REQUEST:
-            # Upstream wording for auth/rate/server errors may echo (part of) our key: never relay it.
-            return UpstreamFailure(
-                kind, f"upstream returned HTTP {status}", status=status, retry_after=retry_after
-            )
-        message, code, param = _error_fields(body)
-        return UpstreamFailure(
-            kind,
-            mask_key(message, key, _MAX_MESSAGE) or f"upstream rejected the request (HTTP {status})",
-            status=status,
-            error_code=mask_key(code, key, _MAX_FIELD),
-            param=mask_key(param, key, _MAX_FIELD),
-        )
+        return classify_http_error(status, headers, body, key)
 
     def parse_chat_response(self, body: bytes, model: str) -> Completion:
         try:
