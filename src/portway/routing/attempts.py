@@ -87,6 +87,21 @@ class ChatJob:
 
 
 @dataclass(slots=True)
+class MessagesJob(ChatJob):
+    """A /v1/messages request: passed through untranslated (`messages`, the client's body) to a provider
+    that speaks Anthropic's Messages API (`speaks_messages`), served as chat (`payload`) by any other."""
+
+    messages: dict[str, Any] = field(default_factory=dict)
+
+    async def __call__(self, provider: Provider, model: str, key: str | None, timeout: float) -> Result:
+        if not getattr(provider, "speaks_messages", False):
+            return await ChatJob.__call__(self, provider, model, key, timeout)
+        call = ChatCall(self.messages, model, self.stream, key, timeout, self.idle_timeout)
+        result: Result = await provider.messages_passthrough(call)  # type: ignore[attr-defined]
+        return result
+
+
+@dataclass(slots=True)
 class MediaJob:
     """What one media request (embeddings, images, audio, video) asks of each attempt. `stream`: the answer
     may be relayed as produced, so only its first bytes are bounded by the first-byte timeout."""
@@ -149,6 +164,13 @@ class AttemptRunner:
     async def run(self, targets: list[Target], payload: dict[str, Any], stream: bool) -> Outcome:
         """A chat request's attempts (the hot path: one small job object per request)."""
         return await self.run_job(targets, ChatJob(payload, stream, self.cfg.stream_idle_timeout))
+
+    async def run_messages(
+        self, targets: list[Target], payload: dict[str, Any], messages: dict[str, Any], stream: bool
+    ) -> Outcome:
+        """A /v1/messages request's attempts: see MessagesJob."""
+        job = MessagesJob(payload, stream, self.cfg.stream_idle_timeout, messages)
+        return await self.run_job(targets, job)
 
     async def run_job(self, targets: list[Target], job: ChatJob | MediaJob) -> Outcome:
         now = self.clock()

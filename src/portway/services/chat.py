@@ -67,7 +67,11 @@ class ChatService:
         self.admission = admission
         self.record = record
 
-    async def chat(self, payload: dict[str, Any], ctx: RequestContext) -> ChatReply:
+    async def chat(
+        self, payload: dict[str, Any], ctx: RequestContext, messages: dict[str, Any] | None = None
+    ) -> ChatReply:
+        """`messages`: the client's /v1/messages body, passed as it is to a target whose provider speaks
+        Anthropic's Messages API (`speaks_messages`: the answer is then Anthropic's own bytes)."""
         model = payload["model"]
         stream = bool(payload.get("stream"))
         ticket = Ticket()
@@ -80,7 +84,10 @@ class ChatService:
                 ctx.principal, ctx.client_ip, payload, ctx.body_bytes, targets
             )
             calling = targets
-            outcome = await self.runner.run(targets, payload, stream)
+            if messages is None:
+                outcome = await self.runner.run(targets, payload, stream)
+            else:
+                outcome = await self.runner.run_messages(targets, payload, messages, stream)
         except PortwayError as err:
             tried = sum(1 for a in err.extra.get("attempts", ()) if a.get("outcome") != "skipped")
             self._record(ctx, model, stream, err.status_code, error_code=err.code, attempts=tried)
