@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 _TYPES: dict[str, tuple[str, str]] = {
     "openai": ("portway.providers.openai_compat", "OpenAICompatProvider"),
     "huggingface": ("portway.providers.huggingface", "HuggingFaceProvider"),
+    "gemini": ("portway.providers.gemini", "GeminiProvider"),
+    "anthropic": ("portway.providers.anthropic", "AnthropicProvider"),
     "local": ("portway.providers.local", "LocalProvider"),
 }
 
