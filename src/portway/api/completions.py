@@ -1,0 +1,110 @@
+"""POST /v1/completions: OpenAI's legacy text completions, served as chat completions.
+
+Thin: authenticate, translate the request (protocols/completions.py), check it as chat checks its own, hand
+it to the chat service, translate its answer back. So aliases, fallbacks, limits, usage and cost are chat's,
+and a client that goes away during the upstream call or the stream cancels it as on the chat route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from portway.api.common import authenticate, request_context, runtime
+from portway.api.departure import Departure, stream_events
+from portway.api.validation import parse_json_object, validate_chat
+from portway.protocols.completions import CompletionStream, chat_request, completion_body
+
+router = APIRouter(tags=["openai"])
+
+_SSE = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        "model": {"type": "string"},
+        "models": {"type": "array", "items": {"type": "string"}},
+        "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "n": {"type": "integer", "minimum": 1},
+        "stream": {"type": "boolean"},
+    },
+    "additionalProperties": True,
+}
+
+
+@router.post(
+    "/v1/completions",
+    summary="Create a text completion (OpenAI's legacy completions API)",
+    description="Served as a chat completion with the prompt as one user message. One prompt per request; "
+    "`suffix`, `echo: true`, `logprobs` and `best_of` are refused (400 `unsupported_parameter`). "
+    "`max_tokens` defaults to 16. With `stream: true` the answer is server-sent events of "
+    "`text_completion` chunks ending in `data: [DONE]`.",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}}
+    },
+)
+async def completions(request: Request) -> Response:
+    started = time.monotonic()
+    principal = await authenticate(request)
+    raw = await request.body()
+    payload = validate_chat(chat_request(parse_json_object(raw)))
+    ctx = request_context(request, principal, started, len(raw), endpoint="completions")
+    departure = Departure()
+    departure.arm(request.scope, request.receive)  # the body is read: `receive` only reports a disconnect
+    try:
+        reply = await runtime(request).chat.chat(payload, ctx)
+    except asyncio.CancelledError:
+        if departure.forgive():
+            return Response(status_code=499)  # the client left: recorded by the service, nobody to answer
+        raise
+    except BaseException:
+        departure.disarm()
+        raise
+    headers = {
+        "x-portway-provider": reply.provider,
+        "x-portway-model": reply.model,
+        "x-request-id": ctx.request_id,
+        **(reply.headers or {}),
+    }
+    if reply.stream is None:
+        departure.disarm()
+        return Response(completion_body(reply.body or b"{}"), headers=headers, media_type="application/json")
+    return _Events(_translated(reply.stream), headers, departure)
+
+
+async def _translated(events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """The chat stream's events as completion chunks; closing this closes the chat stream (which records)."""
+    translate = CompletionStream()
+    try:
+        async for event in events:
+            out = translate.event(event)
+            if out is not None:
+                yield out
+    finally:
+        await events.aclose()
+
+
+class _Events(Response):
+    """The translated stream, sent as it comes; a disconnect cancels it (and the upstream call)."""
+
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], headers: dict[str, str], departure: Departure
+    ) -> None:
+        super().__init__(status_code=200)
+        self.events = events
+        self.departure = departure
+        self.extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await stream_events(self.events, send, [*_SSE, *self.extra], self.departure)
