@@ -18,6 +18,9 @@ from starlette.types import ASGIApp
 
 from portway import __version__
 from portway.api import admin, auth, docs, files, media, openai, ops, videos
+from portway.api import completions as legacy_completions
+from portway.api import messages as anthropic_messages
+from portway.api import responses as responses_api
 from portway.api.chat_asgi import OPENAPI_PATH, ChatCompletionsApp
 from portway.api.middleware import AdmissionControl, BodyLimit
 from portway.api.uploads import UPLOAD_PATHS, sweep_stale
@@ -105,6 +108,9 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
     )
     app.state.runtime = rt
     app.include_router(openai.router)
+    app.include_router(legacy_completions.router)
+    app.include_router(anthropic_messages.router)
+    app.include_router(responses_api.router)
     app.include_router(media.router)
     app.include_router(videos.router)
     app.include_router(files.router)

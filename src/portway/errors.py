@@ -70,6 +70,12 @@ class ValidationError(PortwayError):
     code = "validation_error"
 
 
+class UnsupportedParameter(ValidationError):
+    """A parameter portway cannot honour here, refused rather than ignored (`param` names it)."""
+
+    code = "unsupported_parameter"
+
+
 class ModelNotSupportedForEndpoint(PortwayError):
     """No target of the model can serve this endpoint's task (an embeddings model asked for speech)."""
 

@@ -26,6 +26,7 @@ from portway.services.videos import VideoService
 from portway.settings import Settings
 from portway.stores.files import FileStore
 from portway.stores.sql.database import Database
+from portway.stores.sql.responses import ResponseStore
 from portway.stores.sql.videos import VideoJobStore
 from portway.usage.cost import Pricing
 from portway.usage.records import UsageRecord
@@ -82,6 +83,7 @@ class Runtime:
         self.runner = AttemptRunner(self.providers, self.pools, rc)
         self.db = Database(settings.resolved_database_url())
         self.usage = UsageWriter(self.db, failure_window=cfg.server.ready_write_failure_seconds)
+        self.responses = ResponseStore(self.db.engine)  # /v1/responses with store (written after the answer)
         self.counters = _counters(settings.redis_url, settings.redis_timeout, settings.redis_connect_timeout)
         free = {name for name, provider in self.providers.items() if provider.free}
         self.pricing = Pricing(cfg.pricing, free)
@@ -139,6 +141,7 @@ class Runtime:
         # Each step runs even if an earlier one fails: usage records are drained first, the DB closed last.
         # Video jobs first: unfinished ones are handed back (in the DB) for the next worker to run.
         steps = [self.videos.aclose, self.files.aclose, self.identity.aclose, self.usage.aclose]
+        steps.append(self.responses.aclose)  # stored responses still being written
         steps += [p.aclose for p in self.providers.values()]
         for step in [*steps, self.transport.aclose, self.counters.aclose, self.db.aclose]:
             try:

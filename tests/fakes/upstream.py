@@ -281,6 +281,12 @@ class FakeUpstream:
         from tests.fakes import openai_media  # (imports this module: here, not at the top)
 
         openai_media.add_routes(self, app)  # /v1/embeddings, /v1/images/*, /v1/audio/*
+        from tests.fakes import gemini
+
+        gemini.add_routes(self, app)  # /v1beta/models/{model}:generateContent, :streamGenerateContent
+        from tests.fakes import anthropic
+
+        anthropic.add_routes(self, app)  # /v1/messages: Anthropic's Messages API (tests/fakes/anthropic.py)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # handler_cancellation turns a client disconnect into CancelledError inside the handler,
         # which is how `disconnected` gets recorded for requests that are parked in a sleep.
@@ -398,7 +404,9 @@ class FakeUpstream:
         rec = self._new_record(request, self._pick_fault(request, model, key, scripted=True), key, body)
         if body is None and rec.fault == "ok":
             return await self._send(request, rec, 400, _error(400, key, "Request body must be JSON."))
-        answer = build_answer(body or {})
+        from tests.fakes import chat_tools  # (imports this module: here, not at the top)
+
+        answer = chat_tools.tool_answer(body or {}) or build_answer(body or {})  # tools: chat_tools.py
         return await self._guard(request, rec, answer.completion(), answer)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
