@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -87,16 +89,32 @@ def test_answered_model_can_be_sent_back(default_gateway: PortwayProcess) -> Non
     assert first.model in {m.id for m in client.models.list()}  # the id /v1/models lists
 
 
+def test_tools_are_honoured_by_the_local_model(default_gateway: PortwayProcess) -> None:
+    client = openai.OpenAI(
+        base_url=default_gateway.base_url, api_key=master_key(default_gateway), timeout=120
+    )
+    params = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+    tool: Any = {"type": "function", "function": {"name": "f", "parameters": params}}
+    reply = client.chat.completions.create(
+        model="fast",
+        messages=[{"role": "user", "content": "Call f with x = 3."}],
+        tools=[tool],
+        tool_choice="required",
+    )
+    (call,) = reply.choices[0].message.tool_calls or []
+    assert reply.choices[0].finish_reason == "tool_calls" and call.function.name == "f"
+    assert isinstance(json.loads(call.function.arguments)["x"], int)
+
+
 def test_unhonoured_parameter_is_a_400_naming_it(default_gateway: PortwayProcess) -> None:
     client = openai.OpenAI(
         base_url=default_gateway.base_url, api_key=master_key(default_gateway), timeout=120
     )
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
             model="local/smollm2",
             messages=[{"role": "user", "content": "Hi"}],
-            tools=[tool],
+            logprobs=True,  # the local provider is not loaded with options.logprobs by default
         )
     assert err.value.status_code == 400
-    assert isinstance(err.value.body, dict) and err.value.body.get("param") == "tools"
+    assert isinstance(err.value.body, dict) and err.value.body.get("param") == "logprobs"

@@ -118,36 +118,38 @@ async def test_runtime_passes_the_declared_free_providers(tmp_path: Path) -> Non
 
 
 # -- the local model refuses what it cannot honour ----------------------------------------------------------
+# (tools, tool_choice and JSON schemas are honoured through grammars: tests/unit/test_local_structured.py)
 
 
 @pytest.mark.parametrize(
-    ("extra", "param"),
+    ("extra", "param", "code"),
     [
-        ({"tools": [TOOL]}, "tools"),
-        ({"functions": [TOOL["function"]]}, "functions"),
-        ({"tool_choice": "required"}, "tool_choice"),
-        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
-        ({"function_call": {"name": "f"}}, "function_call"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
-        ({"response_format": {"type": "json_object", "schema": {"type": "object"}}}, "response_format"),
-        ({"response_format": {"type": "yaml"}}, "response_format"),
-        ({"logprobs": True}, "logprobs"),
-        ({"top_logprobs": 2}, "top_logprobs"),
-        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"functions": [TOOL["function"]]}, "functions", "unsupported_parameter"),
+        ({"function_call": {"name": "f"}}, "function_call", "unsupported_parameter"),
+        ({"tool_choice": "required"}, "tool_choice", "validation_error"),  # without tools
+        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+         "tool_choice.function", "validation_error"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"minimum": 1}}}},
+         "response_format.json_schema.schema", "unsupported_parameter"),
+        ({"response_format": {"type": "yaml"}}, "response_format", "validation_error"),
+        ({"tools": [TOOL], "stop": "x"}, "stop", "unsupported_parameter"),
+        ({"logprobs": True}, "logprobs", "unsupported_parameter"),  # unless options.logprobs
+        ({"top_logprobs": 2}, "top_logprobs", "validation_error"),  # needs logprobs: true
+        ({"logit_bias": {"50256": -100}}, "logit_bias", "unsupported_parameter"),
     ],
-)
-def test_unhonoured_parameter_is_a_400_naming_it(extra: dict[str, Any], param: str) -> None:
+)  # fmt: skip
+def test_unhonoured_parameter_is_a_400_naming_it(extra: dict[str, Any], param: str, code: str) -> None:
     with pytest.raises(UpstreamFailure) as failure:
         build_request({"messages": MESSAGES, **extra}, 256)
     assert failure.value.kind is FailureKind.BAD_REQUEST and failure.value.status == 400
-    assert failure.value.param == param and failure.value.error_code == "unsupported_parameter"
-    assert param in failure.value.message or "schema" in failure.value.message
+    assert failure.value.param == param and failure.value.error_code == code
 
 
 @pytest.mark.parametrize(
     "extra",
     [
         {"tools": [], "tool_choice": "none"},
+        {"tools": [TOOL], "tool_choice": "none"},
         {"tool_choice": "auto", "parallel_tool_calls": False},
         {"logprobs": False, "logit_bias": {}},
         {"response_format": {"type": "text"}},
@@ -156,9 +158,11 @@ def test_unhonoured_parameter_is_a_400_naming_it(extra: dict[str, Any], param: s
 )
 def test_parameters_that_change_nothing_pass(extra: dict[str, Any]) -> None:
     request = build_request({"messages": MESSAGES, **extra}, 256)
-    assert "response_format" not in request.sampling
+    assert request.plan is None and "grammar" not in request.sampling
 
 
-def test_json_object_without_schema_is_honoured() -> None:
+def test_tools_and_json_output_make_a_plan() -> None:
     request = build_request({"messages": MESSAGES, "response_format": {"type": "json_object"}}, 256)
-    assert request.sampling["response_format"] == {"type": "json_object"}
+    assert request.plan is not None and request.plan.schema == {"type": "object"}
+    request = build_request({"messages": MESSAGES, "tools": [TOOL], "tool_choice": "required"}, 256)
+    assert request.plan is not None and request.plan.must_call and request.plan.tool_names == {"f"}

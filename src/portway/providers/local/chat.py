@@ -7,7 +7,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from portway.providers.base import (
     BaseProvider,
@@ -18,13 +18,14 @@ from portway.providers.base import (
     ProviderSettings,
     UpstreamFailure,
 )
-from portway.providers.local.generate import GenerationResult, run_generation
+from portway.providers.local.generate import GenerationResult, Piece, run_generation
 from portway.providers.local.model import LoadedModel, LocalOptions
 from portway.providers.local.params import GenerationRequest, build_request
 from portway.providers.local.pool import ModelPool
 from portway.providers.local.shapes import ResponseShape
 from portway.providers.local.stream import LocalChatStream, StreamItem, as_failure, queue_feeder
 from portway.providers.local.tasks import TASKS, LocalMedia
+from portway.providers.local.toolcalls import CallDecoder
 from portway.providers.media import MediaCall, MediaResult, Task
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class LocalProvider(BaseProvider):
                 error_code="model_not_found",
                 param="model",
             )
-        request = build_request(call.payload, self.config.max_tokens)
+        request = build_request(call.payload, self.config.max_tokens, logprobs=self.config.logprobs)
         timeout = call.timeout
         if self.settings.timeout is not None:
             timeout = min(timeout, self.settings.timeout)
@@ -97,7 +98,7 @@ class LocalProvider(BaseProvider):
 
     async def _complete(self, request: GenerationRequest, timeout: float) -> Completion:
         shape = ResponseShape.new(self.served_id)
-        parts: list[str] = []
+        parts: list[str | Piece] = []
         cancel = threading.Event()
         try:
             async with asyncio.timeout(timeout):
@@ -112,7 +113,11 @@ class LocalProvider(BaseProvider):
             raise
         if result.cancelled:
             raise UpstreamFailure(FailureKind.CONNECTION, "local provider is shutting down")
-        body = shape.completion_body("".join(parts), result.finish_reason, result.usage)
+        if request.plan is None and request.top_logprobs is None:  # free text: the pieces are all str
+            text = "".join(cast("list[str]", parts))
+            body = shape.completion_body(text, result.finish_reason, result.usage)
+        else:
+            body = _structured_body(shape, request, parts, result)
         return Completion(body=body, usage=result.usage, served_model=self.served_id)
 
     async def _stream(self, request: GenerationRequest, timeout: float, idle_timeout: float) -> ChatStream:
@@ -137,7 +142,13 @@ class LocalProvider(BaseProvider):
         if isinstance(first, BaseException):
             raise as_failure(first) from first
         return LocalChatStream(
-            shape=shape, first=first, queue=queue, cancel=cancel, worker=worker, idle_timeout=idle_timeout
+            shape=shape,
+            first=first,
+            queue=queue,
+            cancel=cancel,
+            worker=worker,
+            idle_timeout=idle_timeout,
+            decoder=_decoder(request),
         )
 
 
@@ -162,3 +173,28 @@ def _stream_job(
 
 def _timed_out(timeout: float) -> UpstreamFailure:
     return UpstreamFailure(FailureKind.TIMEOUT, f"the local model did not answer within {timeout:g}s")
+
+
+def _decoder(request: GenerationRequest) -> CallDecoder | None:
+    """A reader of tool calls when the answer may be one."""
+    return CallDecoder(request.plan) if request.plan is not None and request.plan.tools else None
+
+
+def _structured_body(
+    shape: ResponseShape, request: GenerationRequest, parts: list[str | Piece], result: GenerationResult
+) -> bytes:
+    """The completion of an answer that may be a tool call or carry logprobs, read as a stream would be."""
+    texts = [part if isinstance(part, str) else part.text for part in parts]
+    logprobs = None
+    if request.top_logprobs is not None:
+        logprobs = [entry for part in parts if isinstance(part, Piece) for entry in part.logprobs]
+    decoder = _decoder(request)
+    if decoder is None:
+        return shape.completion_body("".join(texts), result.finish_reason, result.usage, logprobs=logprobs)
+    decoder.feed("".join(texts))
+    _, finish_reason = decoder.finish(result.finish_reason)
+    calls = None
+    if decoder.is_call:
+        function = {"name": decoder.name, "arguments": decoder.arguments}
+        calls = [{"id": decoder.id, "type": "function", "function": function}]
+    return shape.completion_body(decoder.content, finish_reason, result.usage, tool_calls=calls)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from portway.providers.base import FailureKind, UpstreamFailure, Usage
+from portway.providers.local import grammar
 from portway.providers.local.model import LoadedModel
 from portway.providers.local.params import GenerationRequest
 
@@ -24,11 +25,19 @@ class GenerationResult:
     cancelled: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A piece of text with its tokens' logprobs (OpenAI's `logprobs.content` entries); only when asked."""
+
+    text: str
+    logprobs: list[dict[str, Any]]
+
+
 def run_generation(
     model: LoadedModel,
     request: GenerationRequest,
     cancel: threading.Event,
-    on_text: Callable[[str], None],
+    on_text: Callable[[str | Piece], None],
 ) -> GenerationResult:
     """Generates, handing each piece of text to `on_text` (on this thread) as soon as llama.cpp has it."""
     try:
@@ -45,7 +54,7 @@ def _generate(
     model: LoadedModel,
     request: GenerationRequest,
     cancel: threading.Event,
-    on_text: Callable[[str], None],
+    on_text: Callable[[str | Piece], None],
 ) -> GenerationResult:
     prompt_tokens = model.count_prompt_tokens(request.messages)
     if prompt_tokens >= model.n_ctx:
@@ -56,18 +65,22 @@ def _generate(
             error_code="context_length_exceeded",
             param="messages",
         )
+    constraint = grammar.for_plan(model.llm, request.plan) if request.plan is not None else None
+    take = _take if request.top_logprobs is None else _take_with_logprobs(request.top_logprobs)
     finish_reason = "stop"
     started = False
     cancelled = cancel.is_set()
     if not cancelled:
-        chunks = model.llm.create_chat_completion(messages=request.messages, stream=True, **request.sampling)
+        chunks = model.llm.create_chat_completion(
+            messages=request.messages, stream=True, grammar=constraint, **request.sampling
+        )
         try:
             for chunk in chunks:
                 started = True
                 if cancel.is_set():
                     cancelled = True
                     break
-                finish_reason = _take(chunk, on_text) or finish_reason
+                finish_reason = take(chunk, on_text) or finish_reason
         finally:
             chunks.close()
     # llama.cpp evaluates every sampled token but the last before stopping, whatever the reason
@@ -77,7 +90,7 @@ def _generate(
     return GenerationResult(finish_reason, Usage(prompt_tokens, completion_tokens), cancelled)
 
 
-def _take(chunk: Any, on_text: Callable[[str], None]) -> str | None:
+def _take(chunk: Any, on_text: Callable[[str | Piece], None]) -> str | None:
     """Passes a chunk's text on; returns its finish_reason, if any."""
     choices = chunk.get("choices") or []
     if not choices:
@@ -88,3 +101,41 @@ def _take(chunk: Any, on_text: Callable[[str], None]) -> str | None:
         on_text(text)
     reason = choice.get("finish_reason")
     return reason if isinstance(reason, str) else None
+
+
+def _take_with_logprobs(top: int) -> Callable[[Any, Callable[[str | Piece], None]], str | None]:
+    """`_take` for a request that asked for logprobs: each token's text comes with its logprobs."""
+
+    def take(chunk: Any, on_text: Callable[[str | Piece], None]) -> str | None:
+        choices = chunk.get("choices") or []
+        if not choices:
+            return None
+        choice = choices[0]
+        text = (choice.get("delta") or {}).get("content") or ""
+        entries = ((choice.get("logprobs") or {}).get("content")) or []
+        if text or entries:
+            on_text(Piece(text, [_entry(entry, top) for entry in entries]))
+        reason = choice.get("finish_reason")
+        return reason if isinstance(reason, str) else None
+
+    return take
+
+
+def _entry(raw: dict[str, Any], top: int) -> dict[str, Any]:
+    """llama-cpp-python's entry in OpenAI's shape: `top` alternatives, most likely first, with bytes (it
+    lists the sampled token among the alternatives even when it is not one of the `top`)."""
+    alternatives = sorted(raw.get("top_logprobs") or [], key=lambda alt: alt["logprob"], reverse=True)
+    token = str(raw.get("token", ""))
+    return {
+        "token": token,
+        "logprob": float(raw["logprob"]),
+        "bytes": list(token.encode("utf-8")),
+        "top_logprobs": [
+            {
+                "token": alt["token"],
+                "logprob": float(alt["logprob"]),
+                "bytes": list(alt["token"].encode("utf-8")),
+            }
+            for alt in alternatives[:top]
+        ],
+    }

@@ -61,6 +61,9 @@ class LocalOptions(ProviderOptions):
     n_threads: Count = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
     max_concurrency: Count = Field(1, ge=1, le=64, description="loaded instances, one per generation")
     max_tokens: Count = Field(256, ge=1, description="default and cap for max_tokens per answer")
+    # llama.cpp gives logprobs only when it keeps the logits of every position: n_ctx x vocabulary floats
+    # per instance (~400 MB for SmolLM2 at n_ctx 2048) and slower prompt evaluation, so it is opt-in.
+    logprobs: bool = Field(False, description="keep every token's logits so requests may ask for logprobs")
 
     @model_validator(mode="before")
     @classmethod
@@ -124,7 +127,13 @@ def load_model(path: str | None, config: LocalOptions) -> LoadedModel:
     if path is None or not os.path.isfile(path):
         raise UpstreamFailure(FailureKind.CONNECTION, UNAVAILABLE)
     try:
-        llm = llama_cpp.Llama(model_path=path, n_ctx=config.n_ctx, n_threads=config.n_threads, verbose=False)
+        llm = llama_cpp.Llama(
+            model_path=path,
+            n_ctx=config.n_ctx,
+            n_threads=config.n_threads,
+            logits_all=config.logprobs,
+            verbose=False,
+        )
     except Exception as exc:  # llama.cpp reports a bad file as ValueError / RuntimeError
         raise UpstreamFailure(FailureKind.CONNECTION, "local model failed to load") from exc
     template = llm.metadata.get("tokenizer.chat_template") or llama_chat_format.CHATML_CHAT_TEMPLATE

@@ -33,7 +33,18 @@ class ResponseShape:
     def new(cls, model: str, *, include_usage: bool = False) -> ResponseShape:
         return cls(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model, include_usage)
 
-    def completion_body(self, text: str, finish_reason: str, usage: Usage) -> bytes:
+    def completion_body(
+        self,
+        text: str | None,
+        finish_reason: str,
+        usage: Usage,
+        *,
+        tool_calls: list[dict[str, Any]] | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> bytes:
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
         return orjson.dumps(
             {
                 "id": self.id,
@@ -43,8 +54,8 @@ class ResponseShape:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None},
-                        "logprobs": None,
+                        "message": message,
+                        "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
                         "finish_reason": finish_reason,
                     }
                 ],
@@ -66,14 +77,24 @@ class ResponseShape:
             chunk["usage"] = None
         return chunk
 
-    def _delta(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
-        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+    def _delta(
+        self, delta: dict[str, Any], finish_reason: str | None, logprobs: Any = None
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return self._chunk([choice])
 
-    def role_chunk(self) -> dict[str, Any]:
-        return self._delta({"role": "assistant", "content": ""}, None)
+    def role_chunk(self, content: str | None = "") -> dict[str, Any]:
+        """The first chunk (`content` None when the answer may be a tool call, as OpenAI sends it)."""
+        return self._delta({"role": "assistant", "content": content}, None)
 
     def content_chunk(self, text: str) -> dict[str, Any]:
         return self._delta({"content": text}, None)
+
+    def delta_chunk(self, delta: dict[str, Any]) -> dict[str, Any]:
+        return self._delta(delta, None)
+
+    def logprobs_chunk(self, text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._delta({"content": text}, None, {"content": logprobs, "refusal": None})
 
     def finish_chunk(self, finish_reason: str) -> dict[str, Any]:
         return self._delta({}, finish_reason)

@@ -15,11 +15,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Final, TypeAlias
 
 from portway.providers.base import FailureKind, UpstreamFailure, Usage
-from portway.providers.local.generate import GenerationResult
+from portway.providers.local.generate import GenerationResult, Piece
 from portway.providers.local.shapes import ResponseShape
+from portway.providers.local.toolcalls import CallDecoder
 from portway.providers.sse import DONE_EVENT, encode_event
 
-StreamItem: TypeAlias = str | GenerationResult | BaseException | None  # None: closed, wake up
+StreamItem: TypeAlias = str | Piece | GenerationResult | BaseException | None  # None: closed, wake up
 CLOSE_WAIT: Final = 2.0  # seconds aclose() waits for the worker to stop (it checks every token)
 
 
@@ -42,7 +43,7 @@ def as_failure(item: BaseException) -> UpstreamFailure:
 
 
 class LocalChatStream:
-    """Complete SSE events: role chunk, content chunks, finish chunk, [usage chunk], [DONE]."""
+    """Complete SSE events: role chunk, content (or tool-call) chunks, finish chunk, [usage chunk], [DONE]."""
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class LocalChatStream:
         cancel: threading.Event,
         worker: asyncio.Future[GenerationResult],
         idle_timeout: float,
+        decoder: CallDecoder | None = None,
     ) -> None:
         self.usage: Usage | None = None
         self.served_model = shape.model
@@ -62,6 +64,7 @@ class LocalChatStream:
         self._cancel = cancel
         self._worker = worker
         self._idle_timeout = idle_timeout
+        self._decoder = decoder  # when the answer may be a tool call
         self._closed = False
         self._events = self._generate()
 
@@ -83,17 +86,28 @@ class LocalChatStream:
             self.usage = result.usage if result is not None else None
 
     async def _generate(self) -> AsyncGenerator[bytes, None]:
-        shape = self._shape
+        shape, decoder = self._shape, self._decoder
         try:
-            yield encode_event(shape.role_chunk())
+            yield encode_event(shape.role_chunk("" if decoder is None else None))
             item = self._first
             self._first = None
             while not self._closed:
                 if isinstance(item, str):
-                    yield encode_event(shape.content_chunk(item))
+                    if decoder is None:
+                        yield encode_event(shape.content_chunk(item))
+                    else:
+                        for delta in decoder.feed(item):
+                            yield encode_event(shape.delta_chunk(delta))
+                elif isinstance(item, Piece):  # logprobs asked for (never with tools)
+                    yield encode_event(shape.logprobs_chunk(item.text, item.logprobs))
                 elif isinstance(item, GenerationResult):
                     self.usage = item.usage
-                    yield encode_event(shape.finish_chunk(item.finish_reason))
+                    finish_reason = item.finish_reason
+                    if decoder is not None:
+                        deltas, finish_reason = decoder.finish(finish_reason)
+                        for delta in deltas:
+                            yield encode_event(shape.delta_chunk(delta))
+                    yield encode_event(shape.finish_chunk(finish_reason))
                     if shape.include_usage:
                         yield encode_event(shape.usage_chunk(item.usage))
                     yield DONE_EVENT
