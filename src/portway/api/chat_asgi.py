@@ -17,7 +17,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from portway.api.common import ClientAddress
-from portway.api.departure import Departure, stream_events
+from portway.api.departure import SSE_HEADERS, Departure, stream_events
 from portway.api.validation import parse_json_object, validate_chat
 from portway.errors import MethodNotAllowed, PayloadTooLarge, PortwayError, ValidationError, send_error
 from portway.identity.auth import bearer_token
@@ -27,11 +27,6 @@ from portway.services.chat import ChatReply, RequestContext
 log = logging.getLogger("portway.api")
 
 _JSON = (b"content-type", b"application/json")
-_SSE = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 def _header_map(scope: Scope) -> dict[bytes, bytes]:
@@ -97,7 +92,7 @@ class ChatCompletionsApp:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         else:
-            await stream_events(reply.stream, send, [*_SSE, *headers], departure)
+            await stream_events(reply.stream, send, [*SSE_HEADERS, *headers], departure)
 
     async def _handle(
         self, scope: Scope, receive: Receive, departure: Departure

@@ -14,20 +14,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from portway.api.common import authenticate, request_context, runtime
-from portway.api.departure import Departure, stream_events
+from portway.api.departure import Departure, EventStream
 from portway.api.validation import parse_json_object, validate_chat
 from portway.protocols.completions import CompletionStream, chat_request, completion_body
 
 router = APIRouter(tags=["openai"])
 
-_SSE = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 _REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["model", "prompt"],
@@ -80,7 +74,7 @@ async def completions(request: Request) -> Response:
     if reply.stream is None:
         departure.disarm()
         return Response(completion_body(reply.body or b"{}"), headers=headers, media_type="application/json")
-    return _Events(_translated(reply.stream), headers, departure)
+    return EventStream(_translated(reply.stream), headers, departure)
 
 
 async def _translated(events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
@@ -93,18 +87,3 @@ async def _translated(events: AsyncGenerator[bytes, None]) -> AsyncGenerator[byt
                 yield out
     finally:
         await events.aclose()
-
-
-class _Events(Response):
-    """The translated stream, sent as it comes; a disconnect cancels it (and the upstream call)."""
-
-    def __init__(
-        self, events: AsyncGenerator[bytes, None], headers: dict[str, str], departure: Departure
-    ) -> None:
-        super().__init__(status_code=200)
-        self.events = events
-        self.departure = departure
-        self.extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await stream_events(self.events, send, [*_SSE, *self.extra], self.departure)

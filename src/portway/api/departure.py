@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -87,3 +88,26 @@ async def stream_events(
     finally:
         departure.disarm()
         await events.aclose()
+
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx and friends: do not buffer a stream
+]
+
+
+class EventStream(Response):
+    """Server-sent events for a FastAPI route, sent as they are produced; a disconnect cancels the producer
+    (and with it the upstream call)."""
+
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], headers: dict[str, str], departure: Departure
+    ) -> None:
+        super().__init__(status_code=200)
+        self.events = events
+        self.departure = departure
+        self.extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await stream_events(self.events, send, [*SSE_HEADERS, *self.extra], self.departure)

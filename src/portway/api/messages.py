@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from portway.api.common import (
     authenticate,
@@ -33,7 +32,7 @@ from portway.api.common import (
     request_id,
     runtime,
 )
-from portway.api.departure import Departure, stream_events
+from portway.api.departure import Departure, EventStream
 from portway.api.validation import parse_json_object, validate_chat
 from portway.errors import PortwayError
 from portway.protocols import messages as protocol
@@ -43,11 +42,6 @@ from portway.usage.cost import prompt_tokens_estimate
 log = logging.getLogger("portway.api")
 router = APIRouter(tags=["anthropic"])
 
-_SSE = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 _MESSAGE_PARAM = {
     "type": "object",
     "required": ["role", "content"],
@@ -180,9 +174,9 @@ async def _serve(
         )
         return json_response(answer, headers=headers)
     if passthrough:
-        return _Events(_passed(reply.stream), headers, departure)
+        return EventStream(_passed(reply.stream), headers, departure)
     translate = protocol.MessagesStream(payload["model"], fallback_id=ctx.request_id, stop_sequences=stop)
-    return _Events(_translated(reply.stream, translate), headers, departure)
+    return EventStream(_translated(reply.stream, translate), headers, departure)
 
 
 async def _translated(
@@ -206,18 +200,3 @@ async def _passed(events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, 
             yield protocol.passthrough_event(event)
     finally:
         await events.aclose()
-
-
-class _Events(Response):
-    """The translated stream, sent as it comes; a disconnect cancels it (and the upstream call)."""
-
-    def __init__(
-        self, events: AsyncGenerator[bytes, None], headers: dict[str, str], departure: Departure
-    ) -> None:
-        super().__init__(status_code=200)
-        self.events = events
-        self.departure = departure
-        self.extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await stream_events(self.events, send, [*_SSE, *self.extra], self.departure)

@@ -18,10 +18,9 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from portway.api.common import authenticate, json_response, request_context, runtime
-from portway.api.departure import Departure, stream_events
+from portway.api.departure import Departure, EventStream
 from portway.api.validation import parse_json_object
 from portway.errors import NotFound, UnsupportedMediaType, ValidationError
 from portway.identity.auth import Principal
@@ -39,12 +38,6 @@ router = APIRouter(tags=["responses"])
 # What portway's ids look like (and OpenAI's): anything else cannot be stored, so is not looked up (a NUL
 # byte, say, would be a database error on Postgres rather than the 404 it is).
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-_SSE = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 @router.post("/v1/responses", summary="Create a model response (OpenAI's Responses API)")
@@ -88,7 +81,7 @@ async def create_response(request: Request) -> Response:
             rt.responses.save_later(_stored(req, principal, response))  # in flight as the answer leaves
         return json_response(response, headers=headers)
     events = _events(rt.responses, req, principal, reply.stream)
-    return _EventStream(events, headers, departure)
+    return EventStream(events, headers, departure)
 
 
 async def _history(store: ResponseStore, response_id: str, principal: Principal) -> list[dict[str, Any]]:
@@ -116,21 +109,6 @@ async def _events(
         await chat.aclose()  # the chat relay records usage and settles limits in its own clean-up
         if translator.ended and req.store:
             store.save_later(_stored(req, principal, translator.response))
-
-
-class _EventStream(Response):
-    """Server-sent events as they are produced; a disconnect cancels the producer (and the upstream)."""
-
-    def __init__(
-        self, events: AsyncGenerator[bytes, None], headers: dict[str, str], departure: Departure
-    ) -> None:
-        super().__init__(status_code=200)
-        self.events = events
-        self.departure = departure
-        self.extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await stream_events(self.events, send, [*_SSE, *self.extra], self.departure)
 
 
 def _stored(req: ResponsesRequest, principal: Principal, response: dict[str, Any]) -> StoredResponse:
