@@ -98,16 +98,21 @@ SSE_HEADERS = [
 
 
 class EventStream(Response):
-    """Server-sent events for a FastAPI route, sent as they are produced; a disconnect cancels the producer
-    (and with it the upstream call)."""
+    """A streamed answer for a FastAPI route (server-sent events by default, or any `head`, e.g. speech
+    audio), sent as it is produced; a disconnect cancels the producer (and with it the upstream call)."""
 
     def __init__(
-        self, events: AsyncGenerator[bytes, None], headers: dict[str, str], departure: Departure
+        self,
+        events: AsyncGenerator[bytes, None],
+        headers: dict[str, str],
+        departure: Departure,
+        head: list[tuple[bytes, bytes]] = SSE_HEADERS,
     ) -> None:
         super().__init__(status_code=200)
         self.events = events
         self.departure = departure
-        self.extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.head = [*head, *extra]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await stream_events(self.events, send, [*SSE_HEADERS, *self.extra], self.departure)
+        await stream_events(self.events, send, self.head, self.departure)

@@ -21,16 +21,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from PIL import Image, UnidentifiedImageError
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
 
 from portway.api.common import authenticate, request_context, runtime
-from portway.api.departure import Departure, stream_events
+from portway.api.departure import Departure, EventStream
 from portway.api.uploads import Form, multipart_form
 from portway.api.validation import parse_json_object
 from portway.errors import UnsupportedMediaType, ValidationError
 from portway.providers.media import Task, Upload
 from portway.services.chat import RequestContext
-from portway.services.media import MediaReply
 
 router = APIRouter(tags=["media"])
 
@@ -142,22 +140,8 @@ async def _serve(
     if reply.stream is None:
         departure.disarm()
         return Response(reply.body or b"", headers=headers, media_type=reply.content_type)
-    return _Relay(reply, headers, departure)
-
-
-class _Relay(Response):
-    """A streamed answer (speech): chunks as produced; a disconnect cancels the producer."""
-
-    def __init__(self, reply: MediaReply, headers: dict[str, str], departure: Departure) -> None:
-        super().__init__(status_code=200, media_type=reply.content_type)
-        assert reply.stream is not None
-        self.events = reply.stream
-        self.departure = departure
-        self.extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctype = (b"content-type", self.media_type.encode("latin-1") if self.media_type else b"")
-        await stream_events(self.events, send, [ctype, *self.extra], self.departure)
+    head = [(b"content-type", reply.content_type.encode("latin-1"))]
+    return EventStream(reply.stream, headers, departure, head=head)
 
 
 # -- checks: what the gateway itself can tell is wrong, before any upstream call ------------------------
