@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,18 +30,14 @@ import pytest
 from portway.providers.base import FailureKind, UpstreamFailure
 from portway.providers.gemini_translate import StreamTranslator, build_body, completion_from
 from portway.providers.sse import DONE_EVENT
+from tests.conformance.fixtures import cases, fixtures
 from tests.fakes.gemini import invalid
 
-FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("*.json"))
+FIXTURES = fixtures(__file__)
 
 
 def _cases(kind: str) -> list[Any]:
-    out = []
-    for path in FIXTURES:
-        case = json.loads(path.read_text())
-        if case["kind"] == kind:
-            out.append(pytest.param(case, id=path.stem))
-    return out
+    return cases(FIXTURES, kind)
 
 
 def _ids() -> Callable[[], str]:

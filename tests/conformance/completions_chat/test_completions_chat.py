@@ -15,7 +15,6 @@ fields are refused (`refused_tools`, `refused_messages`), not translated.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,26 +23,13 @@ import pytest
 from portway.api.validation import validate_chat
 from portway.errors import PortwayError
 from portway.protocols.completions import CompletionStream, chat_request, completion_body
-from portway.providers.sse import encode_event
+from tests.conformance.fixtures import cases, fixtures, wire
 
-FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("*.json"))
+FIXTURES = fixtures(__file__)
 
 
 def _cases(kind: str) -> list[Any]:
-    out = []
-    for path in FIXTURES:
-        case = json.loads(path.read_text())
-        if case["kind"] == kind:
-            out.append(pytest.param(case, id=path.stem))
-    return out
-
-
-def _wire(event: Any) -> bytes:
-    if event == "[DONE]":
-        return b"data: [DONE]\n\n"
-    if isinstance(event, dict) and set(event) == {"raw"}:
-        return str(event["raw"]).encode()
-    return encode_event(event)
+    return cases(FIXTURES, kind)
 
 
 def _read(event: bytes) -> Any:
@@ -88,7 +74,7 @@ def test_response(case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", _cases("stream"))
 def test_stream(case: dict[str, Any]) -> None:
     translate = CompletionStream()
-    sent = [translate.event(_wire(e)) for e in case["upstream_events"]]
+    sent = [translate.event(wire(e)) for e in case["upstream_events"]]
     assert [_read(e) for e in sent if e is not None] == case["client_events"]
 
 

@@ -19,7 +19,6 @@ are its upstream call's arguments, character for character.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,26 +34,14 @@ from portway.protocols.messages import (
     message,
     passthrough_event,
 )
-from portway.providers.sse import encode_event, error_event
+from portway.providers.sse import error_event
+from tests.conformance.fixtures import cases, fixtures, wire
 
-FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("*.json"))
+FIXTURES = fixtures(__file__)
 
 
 def _cases(kind: str) -> list[Any]:
-    out = []
-    for path in FIXTURES:
-        case = json.loads(path.read_text())
-        if case["kind"] == kind:
-            out.append(pytest.param(case, id=path.stem))
-    return out
-
-
-def _wire(event: Any) -> bytes:
-    if event == "[DONE]":
-        return b"data: [DONE]\n\n"
-    if isinstance(event, dict) and set(event) == {"raw"}:
-        return str(event["raw"]).encode()
-    return encode_event(event)
+    return cases(FIXTURES, kind)
 
 
 def _read(event: bytes) -> dict[str, Any]:
@@ -73,7 +60,7 @@ def _translate(case: dict[str, Any]) -> list[dict[str, Any]]:
     )
     out: list[bytes] = []
     for event in case["upstream_events"]:
-        out += translate.feed(_wire(event))
+        out += translate.feed(wire(event))
     out += translate.close()  # what the route does when the chat stream ends
     assert translate.close() == [], "the tail is sent once"
     return [_read(e) for e in out]

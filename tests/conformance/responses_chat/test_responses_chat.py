@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,31 +31,19 @@ from portway.protocols.responses import (
 )
 from portway.protocols.responses_stream import StreamTranslator
 from portway.providers.sse import encode_event
+from tests.conformance.fixtures import cases, fixtures, wire
 
-FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("*.json"))
+FIXTURES = fixtures(__file__)
 CREATED, COMPLETED = 1700000000, 1700000001
 
 
 def _cases(kind: str) -> list[Any]:
-    out = []
-    for path in FIXTURES:
-        case = json.loads(path.read_text())
-        if case["kind"] == kind:
-            out.append(pytest.param(case, id=path.stem))
-    return out
+    return cases(FIXTURES, kind)
 
 
 def counter() -> Callable[[str], str]:
     n = itertools.count(1)
     return lambda prefix: f"{prefix}_{next(n)}"
-
-
-def _wire(event: Any) -> bytes:
-    if event == "[DONE]":
-        return b"data: [DONE]\n\n"
-    if isinstance(event, dict) and set(event) == {"raw"}:
-        return str(event["raw"]).encode()
-    return encode_event(event)
 
 
 def _read(event: bytes) -> list[dict[str, Any]]:
@@ -112,7 +99,7 @@ def test_stream(case: dict[str, Any]) -> None:
     translator = StreamTranslator(read_request(json.loads(json.dumps(case["request"])), CREATED, ids), ids)
     events: list[dict[str, Any]] = []
     for upstream in case["upstream_events"]:
-        for sent in translator.feed(_wire(upstream)):
+        for sent in translator.feed(wire(upstream)):
             events += _read(sent)
     for sent in translator.close(COMPLETED):
         events += _read(sent)
