@@ -41,7 +41,12 @@ from portway.providers.base import (
     Usage,
 )
 from portway.providers.media import Task
-from portway.providers.openai_compat import GATEWAY_ONLY_FIELDS, _failure, _first_events, classify_http_error
+from portway.providers.openai_compat import (
+    GATEWAY_ONLY_FIELDS,
+    _failure,
+    classify_http_error,
+    open_event_stream,
+)
 from portway.providers.sse import EventSplitter, EventTooLarge
 
 __all__ = ["AnthropicOptions", "AnthropicProvider", "AnthropicStream"]
@@ -203,18 +208,7 @@ class AnthropicProvider(BaseProvider):
     async def _open_stream(
         self, req: WireRequest, call: ChatCall, timeout: float, relay: _Relay
     ) -> ChatStream:
-        resp: Response | None = None
-        try:
-            # As for OpenAI upstreams: the first-byte timeout covers the answer up to its first whole event.
-            resp = await self.transport.send(req, timeout=timeout, read_timeout=call.idle_timeout)
-            if resp.status >= 400:
-                raise self.classify_error(resp.status, resp.headers, await resp.read(), call.key)
-            splitter = EventSplitter(self.transport.max_event_bytes)
-            first = [out for event in await _first_events(resp, splitter) for out in relay.feed(event)]
-            resp.clear_deadline()
-            resp.idle_by_progress()
-        except BaseException:
-            if resp is not None:
-                resp.close()
-            raise
+        resp, splitter, first = await open_event_stream(
+            self.transport, req, call, timeout, self.classify_error, relay.feed
+        )
         return AnthropicStream(resp, splitter, first, relay)

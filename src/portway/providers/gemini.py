@@ -46,9 +46,9 @@ from portway.providers.openai_compat import (
     _MAX_FIELD,
     _MAX_MESSAGE,
     _failure,
-    _first_events,
     _status_kind,
     mask_key,
+    open_event_stream,
     parse_retry_after,
 )
 from portway.providers.sse import EventSplitter, EventTooLarge, event_data
@@ -205,22 +205,10 @@ class GeminiProvider(BaseProvider):
         options = call.payload.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         translator = StreamTranslator(call.model, include_usage)
-        resp: Response | None = None
-        try:
-            resp = await self.transport.send(req, timeout=timeout, read_timeout=call.idle_timeout)
-            if resp.status >= 400:
-                raise classify_error(resp.status, resp.headers, await resp.read(), call.key)
-            splitter = EventSplitter(self.transport.max_event_bytes)
-            # Translated before the stream is committed: an error in the first event can still fall back.
-            first = [
-                c for event in await _first_events(resp, splitter) for c in _translate(translator, event)
-            ]
-            resp.clear_deadline()
-            resp.idle_by_progress()  # committed: the idle timeout now counts gaps between whole events
-        except BaseException:
-            if resp is not None:
-                resp.close()
-            raise
+        # Translated before the stream is committed: an error in the first event can still fall back.
+        resp, splitter, first = await open_event_stream(
+            self.transport, req, call, timeout, classify_error, lambda event: _translate(translator, event)
+        )
         return GeminiChatStream(resp, splitter, first, translator)
 
 

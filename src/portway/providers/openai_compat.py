@@ -230,22 +230,42 @@ class OpenAICompatProvider(BaseProvider):
     async def _open_stream(
         self, req: WireRequest, call: ChatCall, timeout: float, injected: bool
     ) -> ChatStream:
-        resp: Response | None = None
-        try:
-            # `timeout` (the first-byte timeout) covers the answer up to its first whole event; after that
-            # the stream is committed and only the idle timeout between arrivals applies.
-            resp = await self.transport.send(req, timeout=timeout, read_timeout=call.idle_timeout)
-            if resp.status >= 400:
-                raise self.classify_error(resp.status, resp.headers, await resp.read(), call.key)
-            splitter = EventSplitter(self.transport.max_event_bytes)
-            first = await _first_events(resp, splitter)
-            resp.clear_deadline()
-            resp.idle_by_progress()  # committed: the idle timeout now counts gaps between whole events
-        except BaseException:
-            if resp is not None:
-                resp.close()
-            raise
+        resp, splitter, first = await open_event_stream(
+            self.transport, req, call, timeout, self.classify_error
+        )
         return HttpChatStream(resp, splitter, first, strip_usage=injected, model=call.model)
+
+
+async def open_event_stream(
+    transport: Transport,
+    req: WireRequest,
+    call: ChatCall,
+    timeout: float,
+    classify: Callable[[int, Any, bytes, str | None], UpstreamFailure],
+    translate: Callable[[bytes], list[bytes]] | None = None,
+) -> tuple[Response, EventSplitter, list[bytes]]:
+    """Send a streaming request and read until its first whole event (translated, if the upstream speaks
+    another protocol): only then is the stream committed, so anything before can still fall back.
+
+    `timeout` (the first-byte timeout) covers the answer up to that event; after it only the idle timeout
+    between whole events applies. The response is closed on every failure.
+    """
+    resp: Response | None = None
+    try:
+        resp = await transport.send(req, timeout=timeout, read_timeout=call.idle_timeout)
+        if resp.status >= 400:
+            raise classify(resp.status, resp.headers, await resp.read(), call.key)
+        splitter = EventSplitter(transport.max_event_bytes)
+        first = await _first_events(resp, splitter)
+        if translate is not None:
+            first = [out for event in first for out in translate(event)]
+        resp.clear_deadline()
+        resp.idle_by_progress()  # committed: the idle timeout now counts gaps between whole events
+    except BaseException:
+        if resp is not None:
+            resp.close()
+        raise
+    return resp, splitter, first
 
 
 def _failure(exc: BaseException, timeout_message: str) -> UpstreamFailure:
