@@ -34,7 +34,6 @@ from tests.fakes.upstream import (
     _bearer,
     _dumps,
     _error,
-    parse_fault,
 )
 
 if TYPE_CHECKING:
@@ -275,21 +274,9 @@ async def respond(
 async def _respond(
     up: FakeUpstream, request: web.Request, rec: RecordedRequest, answer: Answer
 ) -> web.StreamResponse:
-    try:
-        kind, arg = parse_fault(rec.fault)
-    except ValueError as exc:
-        return await up._send(request, rec, 400, _error(400, rec.key, str(exc)))
-    if kind == "hang":
-        await up._sleep(request, rec, float("inf"))
-        return web.Response()
-    if kind == "slow" and not await up._sleep(request, rec, float(arg)):
-        return web.Response()
-    if kind.isdigit():
-        headers = {"Retry-After": arg} if kind == "429" else {}
-        return await up._send(request, rec, int(kind), _error(int(kind), rec.key), headers)
-    if kind == "reset":
-        _abort(request)
-        return web.Response()
+    kind, arg, early = await up.early_fault(request, rec)
+    if early is not None:
+        return early
     status, content_type, body = answer
     if kind == "garbage":
         body = b"<html>oops</html>\n"

@@ -458,25 +458,35 @@ class FakeUpstream:
                 raise
             return web.Response()
 
-    async def _respond(
-        self, request: web.Request, rec: RecordedRequest, ok: dict[str, Any], answer: _Answer | None
-    ) -> web.StreamResponse:
+    async def early_fault(
+        self, request: web.Request, rec: RecordedRequest
+    ) -> tuple[str, str, web.StreamResponse | None]:
+        """The request's fault mode, and the answer when the fault decides it before any body is made:
+        a bad fault spec (400), hang, slow (the client gave up), an HTTP status, a reset."""
         try:
             kind, arg = parse_fault(rec.fault)
         except ValueError as exc:
-            return await self._send(request, rec, 400, _error(400, rec.key, str(exc)))
-        stream = rec.stream and answer is not None
+            return "", "", await self._send(request, rec, 400, _error(400, rec.key, str(exc)))
         if kind == "hang":
             await self._sleep(request, rec, float("inf"))
-            return web.Response()
+            return kind, arg, web.Response()
         if kind == "slow" and not await self._sleep(request, rec, float(arg)):
-            return web.Response()
+            return kind, arg, web.Response()
         if kind.isdigit():
             headers = {"Retry-After": arg} if kind == "429" else {}
-            return await self._send(request, rec, int(kind), _error(int(kind), rec.key), headers)
+            return kind, arg, await self._send(request, rec, int(kind), _error(int(kind), rec.key), headers)
         if kind == "reset":
             _abort(request)
-            return web.Response()
+            return kind, arg, web.Response()
+        return kind, arg, None
+
+    async def _respond(
+        self, request: web.Request, rec: RecordedRequest, ok: dict[str, Any], answer: _Answer | None
+    ) -> web.StreamResponse:
+        kind, arg, early = await self.early_fault(request, rec)
+        if early is not None:
+            return early
+        stream = rec.stream and answer is not None
         if kind == "garbage":
             content_type = "text/event-stream" if stream else "application/json"
             junk = web.Response(body=b"<html>oops</html>\n", headers={"Content-Type": content_type})
