@@ -61,6 +61,8 @@ class UpstreamFailure(Exception):
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache (priced apart)
+    reasoning_tokens: int = 0  # of completion_tokens, spent reasoning (priced apart where listed)
 
     @property
     def total_tokens(self) -> int:
@@ -74,7 +76,15 @@ class Usage:
         completion = raw.get("completion_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return None
-        return cls(prompt, completion)
+        return cls(prompt, completion, _detail(raw, "prompt_tokens_details", "cached_tokens"),
+                   _detail(raw, "completion_tokens_details", "reasoning_tokens"))
+
+
+def _detail(raw: dict[str, Any], group: str, name: str) -> int:
+    """One count of OpenAI's `*_tokens_details` (absent, null or malformed: 0)."""
+    details = raw.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 @dataclass(slots=True)

@@ -146,12 +146,15 @@ class ChatService:
         """
         status, code = 200, None
         chars = chunks = 0
+        first = 0.0  # monotonic time the first event was handed on (TTFT)
         try:
             async for event in upstream:
                 n = text_chars(event)
                 if n:
                     chars += n
                     chunks += 1
+                if not first:
+                    first = time.monotonic()
                 yield event
         except UpstreamFailure as failure:
             status, code = 502, "upstream_error"
@@ -178,6 +181,7 @@ class ChatService:
                 error_code=code,
                 cost=cost,
                 estimated=estimated,
+                ttft_ms=(first - ctx.started) * 1000 if first else 0.0,
             )
             await shielded(upstream.aclose(), self.admission.settle(ticket, usage, cost))
 
@@ -194,6 +198,7 @@ class ChatService:
         attempts: int | None = None,
         cost: float = 0.0,
         estimated: bool = False,
+        ttft_ms: float = 0.0,
     ) -> None:
         target = outcome.target if outcome else None
         self.record(
@@ -215,6 +220,9 @@ class ChatService:
                 usage_estimated=estimated,
                 endpoint=ctx.endpoint,
                 bytes_in=ctx.body_bytes,
+                ttft_ms=ttft_ms,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
             )
         )
 

@@ -48,6 +48,10 @@ class UsageRecord:
     characters: int = 0
     audio_seconds: float = 0.0
     video_seconds: float = 0.0
+    ttft_ms: float = 0.0  # streams: arrival to the first event sent (0: not a stream, or none sent)
+    cached_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens
+    cache_hit: bool = False  # answered from portway's response cache (no upstream call)
 
 
 class UsageSink(Protocol):
@@ -73,10 +77,23 @@ _INTS = (
     "bytes_out",
     "images",
     "characters",
+    "cached_tokens",
+    "reasoning_tokens",
 )
-_COUNTS = frozenset({"prompt_tokens", "completion_tokens", "bytes_in", "bytes_out", "images", "characters"})
-_FLOATS = ("ts", "latency_ms", "cost_usd", "audio_seconds", "video_seconds")
-_BOOLS = ("stream", "usage_estimated")
+_COUNTS = frozenset(
+    {
+        "prompt_tokens",
+        "completion_tokens",
+        "bytes_in",
+        "bytes_out",
+        "images",
+        "characters",
+        "cached_tokens",
+        "reasoning_tokens",
+    }
+)
+_FLOATS = ("ts", "latency_ms", "cost_usd", "audio_seconds", "video_seconds", "ttft_ms")
+_BOOLS = ("stream", "usage_estimated", "cache_hit")
 
 
 def _storable(r: UsageRecord) -> bool:
@@ -123,6 +140,12 @@ def _counts_ok(r: UsageRecord) -> bool:
         and 0 <= r.characters <= INT_MAX
         and r.audio_seconds - r.audio_seconds == 0.0
         and r.video_seconds - r.video_seconds == 0.0
+        and r.ttft_ms - r.ttft_ms == 0.0
+        and type(r.cached_tokens) is int
+        and 0 <= r.cached_tokens <= INT_MAX
+        and type(r.reasoning_tokens) is int
+        and 0 <= r.reasoning_tokens <= INT_MAX
+        and type(r.cache_hit) is bool
     )
 
 

@@ -126,7 +126,7 @@ def _insert_sql(paramstyle: str) -> str:
     return f"INSERT INTO {request_log.name} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
 
 
-_SQLITE_ROWS_PER_STATEMENT = 32  # 32 rows x 24 columns stays under SQLite's oldest parameter limit (999)
+_SQLITE_ROWS_PER_STATEMENT = 32  # 32 rows x 29 columns stays under SQLite's oldest parameter limit (999)
 
 
 def _sqlite_values_sql(rows: int) -> str:

@@ -8,7 +8,7 @@ from portway.usage.records import TEXT_LENGTHS as _LEN
 
 # The newest Alembic revision in stores/migrations/versions (a unit test keeps the two in step): a worker
 # that finds the database already there skips importing Alembic at all.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0011"
 
 metadata = sa.MetaData()
 
@@ -39,4 +39,8 @@ request_log = sa.Table(
     sa.Column("characters", sa.Integer, nullable=False, server_default="0"),
     sa.Column("audio_seconds", sa.Float, nullable=False, server_default="0"),
     sa.Column("video_seconds", sa.Float, nullable=False, server_default="0"),
+    sa.Column("ttft_ms", sa.Float, nullable=False, server_default="0"),
+    sa.Column("cached_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("reasoning_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cache_hit", sa.Boolean, nullable=False, server_default=sa.false()),
 )
