@@ -41,6 +41,7 @@ from portway.http.errors import (
     PoolTimeout,
     RemoteProtocolError,
 )
+from portway.telemetry.context import UPSTREAM_HEADERS
 
 __all__ = ["Body", "FilePart", "StreamedBody", "TLSOptions", "Transport", "WireRequest"]
 
@@ -327,6 +328,9 @@ class Transport:
     def _head(self, req: WireRequest, target: _Target) -> bytes:
         lines = [req.method, target.prefix, f"Content-Length: {len(req.body)}\r\n"]
         lines += [f"{_clean(k)}: {_clean(v)}\r\n" for k, v in req.headers.items()]
+        extra = UPSTREAM_HEADERS.get()  # the attempt's traceparent, with tracing on (telemetry/tracing.py)
+        if extra is not None:
+            lines += [f"{_clean(k)}: {_clean(v)}\r\n" for k, v in extra.items() if k not in req.headers]
         lines.append("\r\n")
         try:
             return "".join(lines).encode("latin-1")
