@@ -33,6 +33,35 @@ CREATED = 1700000000
 FINGERPRINT = "fp_fake"
 MODEL_IDS = ("fake-model", "fake-model-mini", "fake-embed")
 _POLL = 0.05
+# OpenRouter's /models shape: USD per token as strings, context_length, architecture's modalities.
+OPENROUTER_MODELS: list[dict[str, Any]] = [
+    {
+        "id": "vendor/vision-pro",
+        "created": 1720000000,
+        "context_length": 128000,
+        "architecture": {"modality": "text+image->text", "input_modalities": ["text", "image"]},
+        "pricing": {
+            "prompt": "0.000002",
+            "completion": "0.000008",
+            "input_cache_read": "0.0000005",
+            "internal_reasoning": "0.00001",
+        },
+    },
+    {
+        "id": "vendor/text-small",
+        "created": 1710000000,
+        "context_length": 32768,
+        "architecture": {"modality": "text->text"},
+        "pricing": {"prompt": "0.0000001", "completion": "0.0000004"},
+    },
+    {
+        "id": "vendor/text-small:free",
+        "created": 1710000001,
+        "context_length": 32768,
+        "architecture": {"modality": "text->text"},
+        "pricing": {"prompt": "0", "completion": "0"},
+    },
+]
 
 # status -> (type, code, message); shapes mirror what api.openai.com returns.
 _ERRORS: dict[int, tuple[str, str, str]] = {
@@ -123,6 +152,8 @@ class _Answer:
     finish_reason: str
     prompt_tokens: int
     chunk_base: dict[str, Any] = field(init=False)
+    cached: int = 0  # of prompt_tokens, "read from the cache" (the request's `fake_usage`)
+    reasoning: int = 0  # added to completion_tokens, "spent reasoning"
 
     def __post_init__(self) -> None:
         self.chunk_base = {
@@ -134,13 +165,17 @@ class _Answer:
         }
 
     @property
-    def usage(self) -> dict[str, int]:
-        done = len(self.words)
-        return {
+    def usage(self) -> dict[str, Any]:
+        done = len(self.words) + self.reasoning
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": done,
             "total_tokens": self.prompt_tokens + done,
         }
+        if self.cached or self.reasoning:  # OpenAI's details, only when asked for (answers stay as they were)
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached}
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning}
+        return usage
 
     def completion(self) -> dict[str, Any]:
         message = {"role": "assistant", "content": " ".join(self.words)}
@@ -187,7 +222,12 @@ def build_answer(body: dict[str, Any]) -> _Answer:
     answer_fields = {k: v for k, v in body.items() if k != "stream_options"}
     digest = hashlib.sha256(json.dumps(answer_fields, sort_keys=True).encode()).hexdigest()[:12]
     prompt = sum(len(_text(m.get("content")).split()) for m in messages)
-    return _Answer("chatcmpl-" + digest, body.get("model"), words, finish, prompt)
+    answer = _Answer("chatcmpl-" + digest, body.get("model"), words, finish, prompt)
+    asked = body.get("fake_usage")  # {"cached_tokens": n, "reasoning_tokens": m}: usage with details
+    if isinstance(asked, dict):
+        answer.cached = min(int(asked.get("cached_tokens") or 0), prompt)
+        answer.reasoning = int(asked.get("reasoning_tokens") or 0)
+    return answer
 
 
 def _dumps(obj: Any) -> bytes:
@@ -234,6 +274,11 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self._bound_port: int | None = None
         self.videos = FakeVideos(self)  # OpenAI's video jobs (tests/fakes/videos.py)
+        # GET /models: None answers MODEL_IDS (OpenAI's shape); a list (OPENROUTER_MODELS, say) is answered
+        # as it is; `models_fault` ("503", "hang"...) fails every listing, for a provider that is down.
+        self.models_data: list[dict[str, Any]] | None = None
+        self.models_fault: str | None = None
+        self.model_listings = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> FakeUpstream:
@@ -411,9 +456,17 @@ class FakeUpstream:
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         key = _bearer(request)
-        # Scripts are for chat traffic only: a gateway's background model listing must not eat them.
-        rec = self._new_record(request, self._pick_fault(request, None, key, scripted=False), key)
-        data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in MODEL_IDS]
+        # Scripts are for chat traffic only: a gateway's background model listing must not eat them, nor
+        # show in the journal (tests read it for their own calls); `model_listings` counts them instead.
+        fault = self._pick_fault(request, None, key, scripted=False)
+        fault = self.models_fault or fault
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        rec = RecordedRequest(request.path, None, key, False, None, headers, fault)
+        with self._lock:
+            self.model_listings += 1
+        data = self.models_data
+        if data is None:
+            data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in MODEL_IDS]
         return await self._guard(request, rec, {"object": "list", "data": data}, None)
 
     async def _hf_task(self, request: web.Request) -> web.StreamResponse:

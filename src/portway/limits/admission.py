@@ -100,7 +100,7 @@ class Admission:
         return Ticket(decision.reservation, decision.headers)
 
     def cost(self, target: Target, usage: Usage) -> float:
-        return self.pricing.cost(target.id, usage.prompt_tokens, usage.completion_tokens)
+        return self.pricing.usage_cost(target.id, usage)  # cached and reasoning tokens at their prices
 
     def prompt_spent(self, plan: Sequence[Target], body_bytes: int) -> tuple[Usage, float]:
         """What a request that was cancelled during its upstream call may have been billed: its prompt,

@@ -287,7 +287,7 @@ def usage_of(raw: Any) -> tuple[Usage, dict[str, Any]] | None:
     details = raw.get("output_tokens_details")
     thinking = (details.get("thinking_tokens") if isinstance(details, dict) else None) or 0
     completion = raw["output_tokens"]
-    return Usage(prompt, completion), {
+    return Usage(prompt, completion, read, thinking), {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,

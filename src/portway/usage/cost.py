@@ -1,11 +1,19 @@
-"""Prices per model and the cost of a request, in USD, from the config's `pricing` for now (the model
-catalog's pricing plugs in here later): per 1M tokens (chat, embeddings), per image (flat or by size), per 1M
+"""Prices per model and the cost of a request, in USD: per 1M tokens (chat, embeddings; cached prompt
+tokens and reasoning tokens priced apart where a price is listed), per image (flat or by size), per 1M
 characters (speech), per minute of audio (transcription) and per second of video.
 
-Each price is looked up on its own: the exact "provider/model" entry first, then the globs in config order,
-and the first entry that sets that price wins (so `openai/*: {input, output}` and `openai/dall-e-*: {image}`
-combine). A model without a price costs $0 for it (and counts nothing toward budgets); so does every model
-of a provider that declares itself free (the local models), unless the config prices it.
+Where a price comes from, first source first:
+1. gateway.yaml's `pricing` (the operator's override): the exact "provider/model" entry, then the globs in
+   config order, and the first entry that sets a price wins (so `openai/*: {input, output}` and
+   `openai/dall-e-*: {image}` combine);
+2. what the provider itself lists (OpenRouter's and Hugging Face's `/models` pricing), as the model catalog
+   (services/catalog.py) hands it over with `Pricing.set_listed`;
+3. the bundled table, `usage/prices.json` (`bundled_table()`).
+Token prices (input, cached_input, output, reasoning) are taken together from the first source that prices
+the model's tokens, so an operator's `input` is never mixed with the table's cached price; a cached token
+without a cached price costs `input`, a reasoning token without a reasoning price costs `output`. Media
+prices are resolved one by one. A model without a price costs $0 for it (and counts nothing toward
+budgets); so does every model of a provider that declares itself free (the local models), unless priced.
 
 Also the usage estimates for what an upstream did not report, and a media request's units before the call
 (see the end of this module).
@@ -14,11 +22,15 @@ Also the usage estimates for what an upstream did not report, and a media reques
 from __future__ import annotations
 
 import fnmatch
+import functools
+import importlib.resources
+import json
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from portway.providers.base import Usage
 from portway.providers.media import MediaUnits, Task
 
 Price = tuple[float, float]  # (input, output) USD per 1M tokens
@@ -52,46 +64,95 @@ class UnitPrices:
     characters: float | None = None  # per 1M characters
     audio_minute: float | None = None
     video_second: float | None = None
+    cached_input: float | None = None  # per 1M cached prompt tokens (None: they cost `input`)
+    reasoning: float | None = None  # per 1M reasoning tokens (None: they cost `output`)
 
 
 _MEDIA_FIELDS = ("image", "characters", "audio_minute", "video_second")
-_ALL_FREE = UnitPrices(_FREE, 0.0, 0.0, 0.0, 0.0)
+_TOKEN_FIELDS = ("tokens", "cached_input", "reasoning")
+_ALL_FREE = UnitPrices(_FREE, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+PriceEntry = Price | tuple[float | None, float | None] | PriceSpec | Mapping[str, Any] | UnitPrices
 
 
-def _entry(value: Price | tuple[float | None, float | None] | PriceSpec) -> UnitPrices:
+def _get(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
+
+
+def _entry(value: PriceEntry) -> UnitPrices:
+    if isinstance(value, UnitPrices):
+        return value
     if isinstance(value, tuple):
         inp, out = value
         tokens = None if inp is None and out is None else (inp or 0.0, out or 0.0)
         return UnitPrices(tokens)
-    inp, out = value.input, value.output
+    inp, out = _get(value, "input"), _get(value, "output")
     tokens = None if inp is None and out is None else (inp or 0.0, out or 0.0)
-    return UnitPrices(tokens, *(getattr(value, name) for name in _MEDIA_FIELDS))
+    prices = {name: _get(value, name) for name in (*_MEDIA_FIELDS, "cached_input", "reasoning")}
+    return UnitPrices(tokens, **prices)
+
+
+class _Layer:
+    """One source of prices: exact ids, then globs in order."""
+
+    def __init__(self, prices: Mapping[str, PriceEntry]) -> None:
+        entries = {k: _entry(v) for k, v in prices.items()}
+        self.exact = {k: v for k, v in entries.items() if not _is_glob(k)}
+        self.globs = [(k, v) for k, v in entries.items() if _is_glob(k)]
+
+    def matching(self, target_id: str) -> list[UnitPrices]:
+        found = [self.exact[target_id]] if target_id in self.exact else []
+        return found + [v for pat, v in self.globs if fnmatch.fnmatchcase(target_id, pat)]
+
+
+@functools.cache
+def bundled_table() -> dict[str, dict[str, Any]]:
+    """The price table shipped in the package (usage/prices.json): "provider/model" -> entry. Entries may
+    also say context_length, modalities_in/out and created, which the model catalog reads."""
+    raw = importlib.resources.files("portway.usage").joinpath("prices.json").read_text("utf-8")
+    models: dict[str, dict[str, Any]] = json.loads(raw)["models"]
+    return models
 
 
 class Pricing:
     def __init__(
         self,
-        prices: Mapping[str, Price | tuple[float | None, float | None] | PriceSpec],
+        prices: Mapping[str, PriceEntry],
         free_providers: Collection[str] = (),
+        table: Mapping[str, PriceEntry] | None = None,
     ) -> None:
         self._free = frozenset(free_providers)
-        entries = {k: _entry(v) for k, v in prices.items()}
-        self._exact = {k: v for k, v in entries.items() if not _is_glob(k)}
-        self._globs = [(k, v) for k, v in entries.items() if _is_glob(k)]
+        self._config = _Layer(prices)
+        self._listed: dict[str, UnitPrices] = {}
+        self._table = _Layer(table or {})
         self._cache: dict[str, UnitPrices] = {}
 
+    def set_listed(self, listed: Mapping[str, UnitPrices]) -> None:
+        """The providers' own prices ("provider/model" -> prices), from the catalog's latest merge."""
+        self._listed = dict(listed)
+        self._cache = {}  # a new dict, not clear(): a lookup in flight keeps a consistent view
+
     def prices(self, target_id: str) -> UnitPrices:
-        """Every price of one target, each from the first entry that sets it (exact, then globs)."""
+        """Every price of one target (see the module's docstring for the order of the sources)."""
         found = self._cache.get(target_id)
         if found is not None:
             return found
-        matching = [self._exact[target_id]] if target_id in self._exact else []
-        matching += [v for pat, v in self._globs if fnmatch.fnmatchcase(target_id, pat)]
+        listed = self._listed.get(target_id)
+        layers = [
+            self._config.matching(target_id),
+            [listed] if listed is not None else [],
+            self._table.matching(target_id),
+        ]
         free = target_id.partition("/")[0] in self._free
-        resolved = {}
-        for f in fields(UnitPrices):
-            value = next((getattr(e, f.name) for e in matching if getattr(e, f.name) is not None), None)
-            resolved[f.name] = getattr(_ALL_FREE, f.name) if value is None and free else value
+        resolved: dict[str, Any] = dict.fromkeys(_TOKEN_FIELDS)
+        priced = next((layer for layer in layers if any(e.tokens is not None for e in layer)), None)
+        if priced is not None:
+            for name in _TOKEN_FIELDS:
+                resolved[name] = next((_get(e, name) for e in priced if _get(e, name) is not None), None)
+        every = [e for layer in layers for e in layer]
+        for name in _MEDIA_FIELDS:
+            resolved[name] = next((_get(e, name) for e in every if _get(e, name) is not None), None)
+        if free:
+            resolved = {k: getattr(_ALL_FREE, k) if v is None else v for k, v in resolved.items()}
         found = UnitPrices(**resolved)
         if len(self._cache) < 10_000:  # direct provider/model ids are client-chosen: keep the cache bounded
             self._cache[target_id] = found
@@ -101,9 +162,28 @@ class Pricing:
         """(input, output) per 1M tokens; None: unpriced."""
         return self.prices(target_id).tokens
 
-    def cost(self, target_id: str, prompt_tokens: int, completion_tokens: int) -> float:
-        inp, out = self.price(target_id) or _FREE
-        return (prompt_tokens * inp + completion_tokens * out) / 1_000_000
+    def cost(
+        self, target_id: str, prompt_tokens: int, completion_tokens: int, cached: int = 0, reasoning: int = 0
+    ) -> float:
+        """Cached tokens are part of the prompt and reasoning tokens part of the completion: each is priced
+        at its own price where one is listed, the rest at input / output."""
+        p = self.prices(target_id)
+        inp, out = p.tokens or _FREE
+        cached = min(max(cached, 0), prompt_tokens)
+        reasoning = min(max(reasoning, 0), completion_tokens)
+        total = (prompt_tokens - cached) * inp + cached * (inp if p.cached_input is None else p.cached_input)
+        total += (completion_tokens - reasoning) * out
+        total += reasoning * (out if p.reasoning is None else p.reasoning)
+        return total / 1_000_000
+
+    def usage_cost(self, target_id: str, usage: Usage) -> float:
+        return self.cost(
+            target_id,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+            usage.reasoning_tokens,
+        )
 
     def estimate(self, target_ids: Sequence[str], prompt_tokens: int, completion_tokens: int) -> float:
         """The most any of the targets could cost: fallbacks may land on the dearest one."""
@@ -125,6 +205,23 @@ class Pricing:
     def media_estimate(self, target_ids: Sequence[str], units: MediaUnits) -> float:
         """The most the units could cost on any of the targets (admission reserves it)."""
         return max((self.media_cost(t, units) for t in target_ids), default=0.0)
+
+
+def listed_prices(
+    input: float | None, cached_input: float | None, output: float | None, reasoning: float | None
+) -> UnitPrices | None:
+    """A provider's listed token prices as UnitPrices (None when it listed none)."""
+    if input is None and output is None:
+        return None
+    return UnitPrices((input or 0.0, output or 0.0), cached_input=cached_input, reasoning=reasoning)
+
+
+COST_HEADER = "x-portway-cost-usd"
+
+
+def cost_header(cost: float) -> str:
+    """The header's value: USD with 8 decimals (a millionth of a cent), never an exponent."""
+    return f"{cost:.8f}"
 
 
 def image_price(price: ImagePrice, size: str | None) -> float:

@@ -1,8 +1,11 @@
-"""catalog: placeholder revision, filled in by the catalog feature (table model_catalog)
+"""catalog: the model catalog's stored provider lists (table model_catalog)
 
 Revision ID: 0008
 Revises: 0007
 """
+
+import sqlalchemy as sa
+from alembic import op
 
 revision = "0008"
 down_revision = "0007"
@@ -11,8 +14,16 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "model_catalog",
+        sa.Column("id", sa.String(320), primary_key=True),
+        sa.Column("provider", sa.String(64), nullable=False),
+        sa.Column("entry", sa.JSON, nullable=False),
+        sa.Column("created", sa.BigInteger, nullable=False),
+        sa.Column("fetched_at", sa.Float, nullable=False),
+    )
+    op.create_index("ix_model_catalog_provider", "model_catalog", ["provider"])
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("model_catalog")
