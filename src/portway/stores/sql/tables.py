@@ -8,7 +8,7 @@ from portway.usage.records import TEXT_LENGTHS as _LEN
 
 # The newest Alembic revision in stores/migrations/versions (a unit test keeps the two in step): a worker
 # that finds the database already there skips importing Alembic at all.
-SCHEMA_REVISION = "0011"
+SCHEMA_REVISION = "0012"
 
 metadata = sa.MetaData()
 
@@ -18,7 +18,7 @@ request_log = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("ts", sa.Float, nullable=False, index=True),
     sa.Column("request_id", sa.String(_LEN["request_id"]), nullable=False),
-    sa.Column("principal", sa.String(_LEN["principal"]), nullable=False, index=True),
+    sa.Column("principal", sa.String(_LEN["principal"]), nullable=False),
     sa.Column("requested_model", sa.String(_LEN["requested_model"]), nullable=False),
     sa.Column("provider", sa.String(_LEN["provider"])),
     sa.Column("served_model", sa.String(_LEN["served_model"])),
@@ -43,4 +43,6 @@ request_log = sa.Table(
     sa.Column("cached_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("reasoning_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cache_hit", sa.Boolean, nullable=False, server_default=sa.false()),
+    # One caller's usage over a time range (/v1/usage, the key and user filters): 0012.
+    sa.Index("ix_request_log_principal_ts", "principal", "ts"),
 )
