@@ -1,8 +1,11 @@
-"""response_cache: placeholder revision, filled in by the response_cache feature (table response_cache)
+"""response_cache: the response cache's answers (cache.store: database), keyed by a request digest
 
 Revision ID: 0011
 Revises: 0010
 """
+
+import sqlalchemy as sa
+from alembic import op
 
 revision = "0011"
 down_revision = "0010"
@@ -11,8 +14,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "response_cache",
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("expires_at", sa.Float, nullable=False),
+        sa.Column("value", sa.LargeBinary, nullable=False),
+    )
+    op.create_index("ix_response_cache_expires", "response_cache", ["expires_at"])
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("response_cache")

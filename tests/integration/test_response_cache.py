@@ -1,0 +1,292 @@
+"""The response cache through a running portway (real SQLite; Redis in its own test) against the fake
+upstream: a repeated deterministic request is answered without an upstream call (`x-portway-cache: hit`),
+byte for byte; a stream and a non-stream request share the answer (replayed as SSE chunks the `openai` SDK
+reads); requests sampled with temperature > 0 are not cached unless the client asks; each caller has its
+own namespace; a hit is recorded at $0 with `cache_hit` and still counts against the caller's rate limit."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from portway.protocols.chat_chunks import assemble, replay
+from portway.providers.sse import encode_event
+from tests import services
+from tests.fakes.upstream import FakeUpstream
+from tests.integration.conftest import gateway_config
+from tests.integration.server import PortwayProcess
+from tests.integration.test_limits_gateway import create_key
+from tests.integration.test_responses_api import wait_row
+
+PRICE = 1000.0  # USD per 1M tokens: a miss costs something, a hit nothing
+
+
+def _config(upstream: FakeUpstream, store: str) -> dict[str, Any]:
+    cfg = gateway_config(upstream)
+    cfg["pricing"] = {"up/*": {"input": PRICE, "output": PRICE}}
+    cfg["cache"] = {"enabled_for": ["direct", "single*"], "ttl_seconds": 60, "store": store}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
+    proc = PortwayProcess(tmp_path_factory.mktemp("cache"), _config(upstream, "database"))
+    yield proc
+    proc.stop()
+
+
+def _stored(gw: PortwayProcess) -> int:
+    con = sqlite3.connect(Path(gw.data_dir) / "portway.db")
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM response_cache").fetchone()[0])
+    finally:
+        con.close()
+
+
+def _wait_stored(count: Any, at_least: int, timeout: float = 5.0) -> None:
+    """Cache writes happen after the answer, in the background: wait until the entry is there."""
+    until = time.monotonic() + timeout
+    while count() < at_least:
+        assert time.monotonic() < until, "the answer was never stored"
+        time.sleep(0.02)
+
+
+def _chat(gw: PortwayProcess, body: dict[str, Any], key: str | None = None, **headers: str) -> httpx.Response:
+    return httpx.post(
+        gw.base_url + "/chat/completions", json=body, headers={**gw.headers(key), **headers}, timeout=20
+    )
+
+
+def _calls(upstream: FakeUpstream) -> int:
+    return sum(1 for r in upstream.requests if r.path == "/v1/chat/completions")
+
+
+def _body(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "direct", "messages": [{"role": "user", "content": text}], "temperature": 0, **extra}
+
+
+def test_a_repeated_request_is_a_hit_without_an_upstream_call(
+    gw: PortwayProcess, upstream: FakeUpstream
+) -> None:
+    before = _stored(gw)
+    first = _chat(gw, _body("cache one", user="alice"), **{"x-request-id": "c-miss-1"})
+    assert first.status_code == 200, first.text
+    assert first.headers["x-portway-cache"] == "miss"
+    _wait_stored(lambda: _stored(gw), before + 1)
+    # `user` and `metadata` do not change the answer: the same entry
+    again = _chat(gw, _body("cache one", user="bob", metadata={"a": "b"}), **{"x-request-id": "c-hit-1"})
+    assert again.status_code == 200
+    assert again.headers["x-portway-cache"] == "hit"
+    assert again.content == first.content  # the upstream's bytes, as first answered
+    assert again.headers["x-portway-provider"] == "up" and again.headers["x-portway-model"] == "fake-model"
+    assert _calls(upstream) == 1
+    assert float(again.headers["x-portway-cost-usd"]) == 0
+    miss, hit = wait_row(gw, "c-miss-1"), wait_row(gw, "c-hit-1")
+    assert miss["cache_hit"] == 0 and miss["cost_usd"] > 0 and miss["attempts"] == 1
+    assert hit["cache_hit"] == 1 and hit["cost_usd"] == 0 and hit["attempts"] == 0
+    assert hit["status"] == 200 and hit["provider"] == "up" and hit["served_model"] == miss["served_model"]
+    assert (
+        hit["prompt_tokens"] == miss["prompt_tokens"]
+        and hit["completion_tokens"] == miss["completion_tokens"]
+    )
+
+
+def test_a_different_request_is_a_miss(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    before = _stored(gw)
+    assert _chat(gw, _body("cache two")).headers["x-portway-cache"] == "miss"
+    _wait_stored(lambda: _stored(gw), before + 1)
+    assert _chat(gw, _body("cache two", max_tokens=5)).headers["x-portway-cache"] == "miss"
+    assert _calls(upstream) == 2
+
+
+def test_a_stream_is_replayed_from_a_non_stream_answer(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    before = _stored(gw)
+    first = _chat(gw, _body("cache three")).json()
+    _wait_stored(lambda: _stored(gw), before + 1)
+    sdk = openai.OpenAI(base_url=gw.base_url, api_key=gw.master_key, max_retries=0, timeout=20)
+    with sdk.chat.completions.with_streaming_response.create(
+        **_body("cache three"), stream=True, stream_options={"include_usage": True}
+    ) as raw:
+        assert raw.headers["x-portway-cache"] == "hit"
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == first["choices"][0]["message"]["content"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == first["usage"]["total_tokens"]
+    assert _calls(upstream) == 1
+
+
+def test_a_streamed_answer_serves_a_later_non_stream_request(
+    gw: PortwayProcess, upstream: FakeUpstream
+) -> None:
+    before = _stored(gw)
+    sdk = openai.OpenAI(base_url=gw.base_url, api_key=gw.master_key, max_retries=0, timeout=20)
+    with sdk.chat.completions.with_streaming_response.create(**_body("cache four"), stream=True) as raw:
+        assert raw.headers["x-portway-cache"] == "miss"
+        streamed = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    _wait_stored(lambda: _stored(gw), before + 1)
+    hit = _chat(gw, _body("cache four"))
+    assert hit.headers["x-portway-cache"] == "hit"
+    answer = hit.json()
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": streamed}
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert answer["usage"]["total_tokens"] > 0
+    assert _calls(upstream) == 1
+
+
+@pytest.mark.parametrize("temperature", [None, 0.7])
+def test_sampled_requests_are_not_cached(
+    gw: PortwayProcess, upstream: FakeUpstream, temperature: float | None
+) -> None:
+    body = _body(f"sampled {temperature}")
+    if temperature is None:
+        del body["temperature"]  # sampled at the provider's default (1)
+    else:
+        body["temperature"] = temperature
+    for _ in range(2):
+        r = _chat(gw, body)
+        assert r.status_code == 200 and "x-portway-cache" not in r.headers
+    assert _calls(upstream) == 2
+
+
+def test_force_caches_a_sampled_request_and_skip_bypasses(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    body = _body("forced", temperature=0.9)
+    before = _stored(gw)
+    assert _chat(gw, body, **{"x-portway-cache": "force"}).headers["x-portway-cache"] == "miss"
+    _wait_stored(lambda: _stored(gw), before + 1)
+    assert _chat(gw, body, **{"x-portway-cache": "force"}).headers["x-portway-cache"] == "hit"
+    skipped = _chat(gw, _body("forced", temperature=0.9), **{"x-portway-cache": "skip"})
+    assert "x-portway-cache" not in skipped.headers
+    assert _calls(upstream) == 2
+
+
+def test_models_without_the_cache_are_never_cached(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    body = {**_body("other model"), "model": "chain"}
+    for _ in range(2):
+        assert "x-portway-cache" not in _chat(gw, body).headers
+    assert _calls(upstream) >= 2
+
+
+def test_another_caller_does_not_see_the_answer(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    before = _stored(gw)
+    assert _chat(gw, _body("private")).headers["x-portway-cache"] == "miss"
+    _wait_stored(lambda: _stored(gw), before + 1)
+    other = create_key(gw)
+    assert _chat(gw, _body("private"), other).headers["x-portway-cache"] == "miss"
+    assert _calls(upstream) == 2
+
+
+def test_a_glob_enables_the_cache(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    body = {**_body("glob"), "model": "single"}
+    before = _stored(gw)
+    assert _chat(gw, body).headers["x-portway-cache"] == "miss"
+    _wait_stored(lambda: _stored(gw), before + 1)
+    assert _chat(gw, body).headers["x-portway-cache"] == "hit"
+
+
+def test_failed_answers_are_not_cached(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    upstream.script(["400"], model="fake-model")
+    body = _body("refused once")
+    assert _chat(gw, body).status_code == 400
+    before = _stored(gw)
+    ok = _chat(gw, body)
+    assert ok.status_code == 200 and ok.headers["x-portway-cache"] == "miss"
+    _wait_stored(lambda: _stored(gw), before + 1)
+
+
+def test_a_hit_counts_against_the_rate_limit(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    key = create_key(gw, rpm=2)
+    before = _stored(gw)
+    assert _chat(gw, _body("limited"), key).headers["x-portway-cache"] == "miss"
+    _wait_stored(lambda: _stored(gw), before + 1)
+    assert _chat(gw, _body("limited"), key).headers["x-portway-cache"] == "hit"
+    refused = _chat(gw, _body("limited"), key)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert _calls(upstream) == 1
+
+
+@pytest.mark.redis
+def test_the_redis_store(upstream: FakeUpstream, tmp_path: Path) -> None:
+    import redis
+
+    prefix = "portway:cache:"
+    r = redis.Redis.from_url(services.REDIS_URL)
+    stale = list(r.scan_iter(prefix + "*"))
+    if stale:
+        r.delete(*stale)
+    env = {"PORTWAY_REDIS_URL": services.REDIS_URL}
+    proc = PortwayProcess(tmp_path / "gw", _config(upstream, "auto"), env=env)  # auto: Redis when set
+    try:
+        body = _body("redis cached")
+        assert _chat(proc, body).headers["x-portway-cache"] == "miss"
+        _wait_stored(lambda: len(list(r.scan_iter(prefix + "*"))), 1)
+        (key,) = list(r.scan_iter(prefix + "*"))
+        assert 0 < r.pttl(key) <= 60_000  # cache.ttl_seconds
+        hit = _chat(proc, body)
+        assert hit.headers["x-portway-cache"] == "hit"
+        assert _calls(upstream) == 1
+    finally:
+        proc.stop()
+        leftover = list(r.scan_iter(prefix + "*"))
+        if leftover:
+            r.delete(*leftover)
+        r.close()
+
+
+# -- the two shapes of an answer (protocols/chat_chunks.py) ----------------------------------------------
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> bytes:
+    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    return encode_event(
+        {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": [choice]}
+    )
+
+
+def test_a_streamed_tool_call_is_assembled() -> None:
+    events = [
+        _chunk({"role": "assistant", "content": None}),
+        _chunk(
+            {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_"}}]}
+        ),
+        _chunk({"tool_calls": [{"index": 0, "function": {"name": "weather", "arguments": '{"city":'}}]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        _chunk({}, "tool_calls"),
+        b"data: [DONE]\n\n",
+    ]
+    completion = assemble(events)
+    assert completion is not None
+    assert completion["object"] == "chat.completion" and completion["id"] == "c1"
+    (choice,) = completion["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+            }
+        ],
+    }
+    # and back: the replayed chunks assemble to the same answer
+    again = assemble(replay(completion, include_usage=False))
+    assert again is not None and again["choices"] == completion["choices"]
+
+
+def test_an_incomplete_or_failed_stream_is_not_an_answer() -> None:
+    assert assemble([_chunk({"content": "half"})]) is None  # no finish_reason
+    error = encode_event({"error": {"message": "cut", "type": "upstream_error", "code": "upstream_error"}})
+    assert assemble([_chunk({"content": "x"}), error]) is None
+    assert assemble([b"data: {not json\n\n"]) is None
