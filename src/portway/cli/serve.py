@@ -1,83 +1,32 @@
-"""The `portway` command."""
+"""`portway serve`: checks, one-time work, the start-up summary, then uvicorn with portway's protocol."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import logging.config
 import os
-import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
-from pydantic import ValidationError
 
 from portway import __version__
-from portway.config import GatewayConfig, load_config
-from portway.errors import ConfigError
+from portway.cli.common import DEFAULT_CONFIG, console, load, settings
+from portway.config import GatewayConfig
 from portway.identity.auth import MASTER_KEY_FILE, ensure_master_key
 from portway.settings import Settings
-
-app = typer.Typer(help="portway: a self-hosted, OpenAI-compatible AI gateway.", no_args_is_help=True)
-DEFAULT_CONFIG = Path("gateway.yaml")
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        typer.echo(f"portway {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="print the version")
-    ] = False,
-) -> None:
-    """portway: a self-hosted, OpenAI-compatible AI gateway."""
-
-
-def _settings() -> Settings:
-    """Settings from the environment; a bad value is one line naming the variable, and exit status 2."""
-    try:
-        return Settings()
-    except ValidationError as err:
-        for e in err.errors():
-            name = "PORTWAY_" + "_".join(str(p) for p in e["loc"]).upper()
-            typer.echo(f"portway: {name}: {e['msg']} (got {e['input']!r})", err=True)
-        raise typer.Exit(2) from None
-
-
-def _load(path: Path | None) -> GatewayConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        typer.echo(f"portway: {exc}", err=True)
-        raise typer.Exit(2) from None
+from portway.telemetry import prepare_serve
 
 
 def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging, plus portway's loggers at `level` and everything else at WARNING or above.
+    """The text logging config at `level` (portway.telemetry.logs.log_config is the one logging setup)."""
+    from portway.telemetry.logs import log_config
 
-    Handed to uvicorn too, so each worker process (which starts with no logging set up) logs the same way.
-    """
-    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
-
-    number = LOG_LEVELS[level]
-    cfg: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    cfg["formatters"]["portway"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
-    cfg["handlers"]["portway"] = {
-        "class": "logging.StreamHandler",
-        "formatter": "portway",
-        "stream": "ext://sys.stderr",
-    }
-    cfg["loggers"]["portway"] = {"handlers": ["portway"], "level": number, "propagate": False}
-    # Libraries' INFO (Alembic's migration steps among them) is noise in a server's log.
-    cfg["root"] = {"handlers": ["portway"], "level": max(number, logging.WARNING)}
-    return cfg
+    return log_config(level)
 
 
 def _hide_password(url: str) -> str:
@@ -116,11 +65,23 @@ def _summary(settings: Settings, cfg: GatewayConfig, env_key: bool) -> str:
     return "\n".join(lines)
 
 
+def _show_summary(text: str) -> None:
+    """A panel on a terminal; the plain lines in a log (a log keeps the text greppable)."""
+    err = console(stderr=True)
+    if err.is_terminal:
+        from rich.panel import Panel
+
+        first, _, rest = text.partition("\n")
+        err.print(Panel(rest, title=f"[bold]{first}[/]", title_align="left", expand=False))
+    else:
+        typer.echo(text, err=True)
+
+
 def _prepare(settings: Settings) -> GatewayConfig:
     """Checks and one-time work done once, before any worker starts: config, master key, migrations."""
     from portway.stores.sql.database import Database
 
-    cfg = _load(settings.config)
+    cfg = load(settings.config)
     env_key = settings.master_key.get_secret_value() if settings.master_key else None
     ensure_master_key(settings.data_dir, env_key)
 
@@ -132,11 +93,37 @@ def _prepare(settings: Settings) -> GatewayConfig:
             await db.aclose()
 
     asyncio.run(migrate())
-    typer.echo(_summary(settings, cfg, env_key is not None), err=True)
+    _show_summary(_summary(settings, cfg, env_key is not None))
     return cfg
 
 
-@app.command()
+def _progress_until_up(settings: Settings, cfg: GatewayConfig) -> None:
+    """On a terminal, a spinner until the workers answer /health (local models start loading meanwhile)."""
+    err = console(stderr=True)
+    if not err.is_terminal:
+        return
+    import httpx
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}/health"
+    local = [n for n, p in cfg.providers.items() if p.type == "local" and p.enabled]
+    what = f"starting workers; local models loading in the background ({', '.join(local)})" if local else ""
+
+    def watch() -> None:
+        with err.status(what or "starting workers", spinner="dots"):
+            until = time.monotonic() + 300
+            while time.monotonic() < until:
+                try:
+                    if httpx.get(url, timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+        err.print(f"[green]ready[/] on http://{settings.host}:{settings.port}")
+
+    threading.Thread(target=watch, name="portway-startup", daemon=True).start()
+
+
 def serve(
     config: Annotated[Path | None, typer.Option(help="gateway.yaml (env PORTWAY_CONFIG)")] = None,
     host: Annotated[
@@ -157,21 +144,23 @@ def serve(
             os.environ[f"PORTWAY_{name}"] = str(value)
     if "PORTWAY_CONFIG" not in os.environ and DEFAULT_CONFIG.is_file():
         os.environ["PORTWAY_CONFIG"] = str(DEFAULT_CONFIG.resolve())
-    settings = _settings()
-    log_config = _log_config(settings.log_level)
+    current = settings()
+    log_config = prepare_serve(current)  # PORTWAY_LOG_FORMAT, and the metrics directory for several workers
     logging.config.dictConfig(log_config)
-    server = _prepare(settings).server
+    cfg = _prepare(current)
+    server = cfg.server
+    _progress_until_up(current, cfg)
     # The protocol is a partial with the server limits: it pickles into the worker processes.
-    protocol: Any = protocol_factory(server) if settings.http == "portway" else settings.http
+    protocol: Any = protocol_factory(server) if current.http == "portway" else current.http
     uvicorn.run(
         "portway.app:app_from_env",
         factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
+        host=current.host,
+        port=current.port,
+        workers=current.workers,
         access_log=access_log,
         log_config=log_config,
-        log_level=settings.log_level,
+        log_level=current.log_level,
         timeout_graceful_shutdown=30,
         # uvicorn would take X-Forwarded-For from 127.0.0.1 as the client (FORWARDED_ALLOW_IPS) without
         # checking it is an address; portway reads it itself, from server.trusted_proxies only.
@@ -185,24 +174,3 @@ def serve(
         ws="none",  # no websocket routes: do not import a websocket library into every worker
         lifespan="on",
     )
-
-
-@app.command("config")
-def check_config(
-    config: Annotated[Path | None, typer.Option(help="gateway.yaml (env PORTWAY_CONFIG)")] = None,
-) -> None:
-    """Validate the configuration and print the resolved providers and aliases (no secrets)."""
-    path = config or _settings().config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    cfg = _load(path)
-    for name, p in cfg.providers.items():
-        state = "enabled" if p.enabled else "disabled (no API key)"
-        typer.echo(f"provider {name}: type={p.type} keys={len(p.api_keys)} {state}")
-    for alias, targets in cfg.models.items():
-        typer.echo(f"alias {alias}: {' -> '.join(targets)}")
-
-
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
