@@ -17,10 +17,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from portway import __version__
-from portway.api import admin, auth, docs, files, media, openai, ops, videos
+from portway.api import admin, auth, compat, docs, files, media, openai, ops, videos
+from portway.api import catalog as catalog_api
 from portway.api import completions as legacy_completions
 from portway.api import messages as anthropic_messages
+from portway.api import metrics as metrics_api
 from portway.api import responses as responses_api
+from portway.api import search as search_api
+from portway.api import sessions as sessions_api
+from portway.api import status as status_api
+from portway.api import usage as usage_api
+from portway.api.access import RequestTelemetry
 from portway.api.chat_asgi import OPENAPI_PATH, ChatCompletionsApp
 from portway.api.middleware import AdmissionControl, BodyLimit
 from portway.api.uploads import UPLOAD_PATHS, sweep_stale
@@ -108,16 +115,23 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
     )
     app.state.runtime = rt
     app.include_router(openai.router)
+    app.include_router(catalog_api.router)  # /v1/models, /v1/catalog
     app.include_router(legacy_completions.router)
     app.include_router(anthropic_messages.router)
     app.include_router(responses_api.router)
+    app.include_router(sessions_api.router)
     app.include_router(media.router)
     app.include_router(videos.router)
     app.include_router(files.router)
     app.include_router(ops.router)
+    app.include_router(metrics_api.router)
     app.include_router(auth.router)
     app.include_router(admin.router)
+    app.include_router(usage_api.router)
+    app.include_router(status_api.router)
+    app.include_router(search_api.router)
     app.include_router(docs.router)
+    compat.mount(app, cfg.compat)  # last: a seed's routes at the root (cheppu's `/`) shadow nothing
     app.add_exception_handler(PortwayError, _portway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -143,16 +157,28 @@ def create_asgi(settings: Settings | None = None, cfg: GatewayConfig | None = No
     # Multipart media uploads get their own, larger cap (server.max_upload_bytes) instead of the body cap.
     uploads = BodyLimit(api, cfg.server.max_upload_bytes)
     fast.update(dict.fromkeys(UPLOAD_PATHS, uploads))
-    door: ASGIApp = AdmissionControl(limited, cfg.server.max_in_flight, fast=fast)
+    control = AdmissionControl(limited, cfg.server.max_in_flight, fast=fast)
+    rt: Runtime = api.state.runtime
+    if rt.sampler is not None:
+        rt.sampler.door = control  # portway_in_flight_requests reads its counter when sampled
+    door: ASGIApp = control
     if cfg.server.cors_origins:
         door = CORSMiddleware(
             door,
             allow_origins=cfg.server.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "OPTIONS"],
-            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "x-api-key",
+                "x-request-id",
+                "x-portway-session",
+                "x-portway-history",
+            ],
             expose_headers=["x-portway-provider", "x-portway-model", "x-request-id"],
         )
-    return door
+    # Outermost: the request id (and the access line, the trace span) covers every answer, 503s included.
+    return RequestTelemetry(door, tracer=rt.tracer, access=settings.log_format == "json")
 
 
 def app_from_env() -> ASGIApp:

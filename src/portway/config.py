@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
@@ -238,6 +238,10 @@ class PriceConfig(_Strict):
 
     input: _Usd | None = Field(None, description="USD per 1M prompt tokens (chat and embeddings)")
     output: _Usd | None = Field(None, description="USD per 1M completion tokens")
+    cached_input: _Usd | None = Field(
+        None, description="USD per 1M prompt tokens read from the provider's cache (default: input)"
+    )
+    reasoning: _Usd | None = Field(None, description="USD per 1M reasoning tokens (default: output)")
     image: _Usd | dict[str, _Usd] | None = Field(
         None, description='USD per image, flat or by size: {"1024x1024": 0.04, "*": 0.02} (globs allowed)'
     )
@@ -285,6 +289,206 @@ class VideosConfig(_Strict):
     )
 
 
+class StatusConfig(_Strict):
+    """Provider health and status (GET /v1/status, GET /admin/status): passive from traffic, active probes."""
+
+    probe_interval_seconds: float = Field(
+        0.0, ge=0, description="probe each provider this often (s); 0: off, status from traffic only"
+    )
+    probe_timeout: float = Field(5.0, gt=0, description="longest one probe may take (s)")
+    window: float = Field(300.0, gt=0, description="success rate and latency cover this many seconds")
+    public: bool = Field(True, description="GET /v1/status without a key (a summary; no keys, no URLs)")
+
+    @field_validator("probe_interval_seconds")
+    @classmethod
+    def _not_too_often(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("probe at most once a second (or 0: no probes)")
+        return value
+
+
+class SearchConfig(_Strict):
+    """Web search (GET /v1/search): DuckDuckGo through the `ddgs` package, or a SearxNG's JSON API."""
+
+    backend: Literal["ddgs", "searxng"] = Field("ddgs", description="ddgs (DuckDuckGo) or searxng")
+    url: str | None = Field(None, description="searxng: the instance's base URL (its /search answers JSON)")
+    timeout: float = Field(10.0, gt=0, description="longest one search may take (s)")
+    cache_seconds: float = Field(60.0, ge=0, description="an answer is reused this long (s); 0: no cache")
+    max_limit: int = Field(20, ge=1, le=100, description="the largest `limit` a client may ask for")
+
+    @model_validator(mode="after")
+    def _url(self) -> SearchConfig:
+        if self.backend == "searxng" and not self.url:
+            raise ValueError("url is required for backend: searxng")
+        if self.url is not None:
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
+            self.url = self.url.rstrip("/")
+        return self
+
+
+class CacheConfig(_Strict):
+    """The response cache: exact-match answers of chat completions, opt-in per model name or alias."""
+
+    enabled_for: list[str] = Field(
+        default_factory=list, description='model names, aliases or globs ("fast", "groq/*") answered from it'
+    )
+    ttl_seconds: float = Field(300.0, gt=0, description="an answer is served from the cache this long (s)")
+    store: Literal["auto", "memory", "database", "redis"] = Field(
+        "auto", description="where answers are kept; auto: Redis with PORTWAY_REDIS_URL, else the database"
+    )
+    shared: bool = Field(False, description="one namespace for every caller (default: one per key or user)")
+    allow_nonzero_temperature: bool = Field(
+        False, description="also cache requests sampled with temperature > 0 (or without a temperature)"
+    )
+    max_entry_bytes: int = Field(1024 * 1024, ge=1024, description="a larger answer is not cached")
+    max_memory_entries: int = Field(1024, ge=1, description="store memory: answers kept per worker")
+
+
+# -- compat: the five seed systems' own APIs (api/compat/, docs/compat.md) ----------------------------------
+
+# Seed 000's Groq fallback list, in its order (its first entry is the request's own `model`).
+CHEPPU_FALLBACKS = [
+    "groq/" + m
+    for m in (
+        "llama-3.1-8b-instant",
+        "llama-3.3-70b-versatile",
+        "qwen/qwen3-32b",
+        "groq/compound",
+        "groq/compound-mini",
+        "meta-llama/llama-4-maverick-17b-128e-instruct",
+        "meta-llama/llama-4-scout-17b-16e-instruct",
+        "moonshotai/kimi-k2-instruct",
+        "moonshotai/kimi-k2-instruct-0905",
+        "openai/gpt-oss-120b",
+        "openai/gpt-oss-20b",
+        "openai/gpt-oss-safeguard-20b",
+        "gemma2-9b-it",
+        "mixtral-8x7b-32768",
+    )
+]
+CompatAuth = Literal["key", "none"]
+
+
+class _Surface(_Strict):
+    enabled: bool = Field(False, description="every surface is off unless enabled")
+    prefix: str = Field("", description="mount the surface under this path (empty: at the root)")
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, prefix: str) -> str:
+        prefix = prefix.strip().rstrip("/")
+        if prefix and (not prefix.startswith("/") or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix)):
+            raise ValueError("prefix must be empty or a path like /cheppu")
+        return prefix
+
+
+class CheppuCompat(_Surface):
+    auth: CompatAuth = Field("key", description="key: a portway key; none: anyone, limited per IP")
+    chat_fallbacks: list[str] = Field(default_factory=lambda: list(CHEPPU_FALLBACKS))
+    media_provider: str = Field("hf", description="the provider image and audio models are sent to")
+
+
+class PastaCompat(_Surface):
+    auth: CompatAuth = "key"
+    providers: list[str] = Field(default_factory=lambda: ["openrouter", "hf"])
+    rpm_per_ip: int = Field(30, ge=1, le=MAX_COUNT)
+
+
+class PlatformCompat(_Surface):
+    auth: CompatAuth = "key"
+    provider: str = Field("hf", description="the provider the seed's Hugging Face model ids are sent to")
+
+
+class GenzCompat(_Surface):
+    tiers: dict[str, str] = Field(
+        default_factory=lambda: {"fast": "fast", "balanced": "balanced", "smart": "smart"}
+    )
+    daily_quota: int = Field(50, ge=1, le=MAX_COUNT)
+    rpm_per_ip: int = Field(60, ge=1, le=MAX_COUNT)
+
+
+class KeyserverCompat(_Surface):
+    chat_model: str = Field("fast", description="what POST /chat asks")
+    local_model: str = Field("local/smollm2", description="what POST /local-chat asks")
+    rotation_days: float = Field(7.0, gt=0, le=36_600, description="the x-api-key rotates this often")
+    admin_secret: SecretStr | None = Field(None, description="the admin-secret header of GET /current-key")
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> KeyserverCompat:
+        secret = self.admin_secret.get_secret_value() if self.admin_secret else ""
+        if self.enabled and len(secret) < 8:
+            raise ValueError("admin_secret: set a secret of at least 8 characters to enable keyserver")
+        return self
+
+
+class CompatConfig(_Strict):
+    cheppu: CheppuCompat = Field(default_factory=CheppuCompat)
+    pasta: PastaCompat = Field(default_factory=PastaCompat)
+    platform: PlatformCompat = Field(default_factory=PlatformCompat)
+    genz: GenzCompat = Field(default_factory=GenzCompat)
+    keyserver: KeyserverCompat = Field(default_factory=KeyserverCompat)
+
+
+class HistoryConfig(_Strict):
+    """Chat history (/v1/sessions; a completion naming a session with x-portway-session or
+    metadata.session_id appends its turn)."""
+
+    prepend: bool = Field(
+        False, description="prepend a session's stored messages when the client sent only new ones"
+    )
+    prepend_max_messages: int = Field(
+        200, ge=1, le=10_000, description="stored messages prepended at most (the newest, from a user turn)"
+    )
+    max_sessions_per_owner: int = Field(1000, ge=1, description="sessions one key, user or master may hold")
+    max_message_bytes: int = Field(
+        256 * 1024, ge=1024, description="one stored message's JSON size cap; a request over it is a 400"
+    )
+    write_queue: int = Field(
+        10_000, ge=1, description="turns waiting to be written per worker; beyond: dropped and logged"
+    )
+
+
+class CatalogConfig(_Strict):
+    """The model catalog (GET /v1/catalog, /v1/models): provider lists merged with the price table."""
+
+    ttl_seconds: float = Field(1800.0, gt=0, description="a provider's stored model list is fresh for (s)")
+    refresh: bool = Field(True, description="ask the providers for their model lists in the background")
+    timeout_seconds: float = Field(10.0, gt=0, description="longest one provider's model list may take (s)")
+    retry_seconds: float = Field(
+        60.0, gt=0, description="a provider whose list failed is asked again after this (s); stale meanwhile"
+    )
+
+
+class MetricsConfig(_Strict):
+    """Prometheus GET /metrics: needs the master key (or an admin user's token), except on `open_on`."""
+
+    enabled: bool = Field(True, description="collect and serve metrics")
+    open_on: list[str] = Field(
+        default_factory=list,
+        description='local "host:port" addresses on which /metrics needs no key (e.g. "127.0.0.1:8080")',
+    )
+
+    @field_validator("open_on")
+    @classmethod
+    def _host_port(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"open_on: {address!r} must look like host:port")
+        return value
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry traces over OTLP/HTTP (needs the `otel` extra)."""
+
+    enabled: bool = Field(False, description="export a span per request and per upstream attempt")
+    endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (else OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
+    service_name: str = Field("portway", min_length=1, description="the service.name resource attribute")
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
@@ -292,11 +496,19 @@ class GatewayConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     files: FilesConfig = Field(default_factory=FilesConfig)
     videos: VideosConfig = Field(default_factory=VideosConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     pricing: dict[str, PriceConfig] = Field(
         default_factory=dict, description='"provider/model" or a glob like "groq/*" -> price'
     )
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, list[str]] = Field(default_factory=dict)
+    compat: CompatConfig = Field(default_factory=CompatConfig, description="the seed systems' own APIs")
 
     @model_validator(mode="after")
     def _check_aliases(self) -> GatewayConfig:

@@ -76,6 +76,12 @@ class UnsupportedParameter(ValidationError):
     code = "unsupported_parameter"
 
 
+class SessionLimitReached(ValidationError):
+    """A new chat session past `history.max_sessions_per_owner` (a 400, so SDKs do not retry it)."""
+
+    code = "session_limit_reached"
+
+
 class ModelNotSupportedForEndpoint(PortwayError):
     """No target of the model can serve this endpoint's task (an embeddings model asked for speech)."""
 
@@ -178,6 +184,24 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class SearchError(UpstreamError):
+    """The web search backend answered with something that is not a result list."""
+
+    code = "search_error"
+
+
+class SearchUnavailable(UpstreamError):
+    """The web search backend could not be reached (or is not installed)."""
+
+    status = 503
+    code = "search_unavailable"
+
+
+class SearchTimeout(UpstreamError):
+    status = 504
+    code = "search_timeout"
 
 
 class UpstreamBadRequest(PortwayError):

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(default=0.1, gt=0)  # seconds per Redis operation before failing open/closed
     redis_connect_timeout: float = Field(default=2.0, gt=0)  # connecting (at start and after an outage)
     log_level: LogLevel = "info"  # portway's own loggers; uvicorn's too
+    # "json": one JSON object per log line, an access line per request, secrets redacted (telemetry/logs.py).
+    log_format: Literal["text", "json"] = "text"
     # The HTTP/1.1 protocol: portway's own (http_server.py), or uvicorn's ("httptools", "h11") as a fallback.
     http: Literal["portway", "httptools", "h11"] = "portway"
     secret_key: SecretStr | None = (
@@ -34,8 +36,9 @@ class Settings(BaseSettings):
     jwt_expire_seconds: int = Field(default=86_400, gt=0)
     login_mode: Literal["password", "email_only"] = "password"  # email_only: trusted networks only
     admin_emails: str = ""  # comma-separated; these users are admins
+    environment: str = Field(default="production", max_length=64)  # GET /ready's `environment` (seed 003)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

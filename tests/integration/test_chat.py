@@ -185,7 +185,7 @@ def test_unknown_path_and_method_have_openai_error_shape(gateway: PortwayProcess
 
 
 def test_health_ready_docs(gateway: PortwayProcess) -> None:
-    assert httpx.get(gateway.url + "/health").json()["status"] == "ok"
+    assert httpx.get(gateway.url + "/health").json()["status"] == "healthy"
     ready = httpx.get(gateway.url + "/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert httpx.get(gateway.url + "/docs").status_code == 200

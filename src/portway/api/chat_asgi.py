@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from random import getrandbits
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -23,6 +22,9 @@ from portway.errors import MethodNotAllowed, PayloadTooLarge, PortwayError, Vali
 from portway.identity.auth import bearer_token
 from portway.runtime import Runtime
 from portway.services.chat import ChatReply, RequestContext
+from portway.services.history import named_session
+from portway.telemetry.logs import REQUEST_ID, new_request_id
+from portway.usage.cost import cost_header
 
 log = logging.getLogger("portway.api")
 
@@ -61,6 +63,7 @@ class ChatCompletionsApp:
         self.limit = runtime.cfg.server.max_body_bytes
         trusted = runtime.cfg.server.trusted_proxies
         self.client_address = ClientAddress(trusted) if trusted else None
+        self.caching = runtime.chat.cache is not None  # the response cache (cache.enabled_for) is on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -107,14 +110,19 @@ class ChatCompletionsApp:
         )
         raw = await _read_body(receive, h.get(b"content-length"), self.limit)
         body = validate_chat(parse_json_object(raw))
-        rid = h.get(b"x-request-id")
-        # An id to find the request by, not a secret: no getrandom syscall per request.
-        request_id = rid.decode("latin-1")[:64] if rid else f"{getrandbits(64):016x}"
+        # The id api/access.RequestTelemetry set for this request (the same rule when run without it).
+        request_id = REQUEST_ID.get() or new_request_id(h.get(b"x-request-id"))
         client = scope.get("client")
         ip = client[0] if client else None
         if self.client_address is not None:  # server.trusted_proxies: no work per request without it
             ip = self.client_address.resolve(ip, scope["headers"])
         ctx = RequestContext(request_id, principal, started, ip, len(raw))
+        if self.caching:  # the response cache: x-portway-cache: force | skip
+            mode = h.get(b"x-portway-cache")
+            ctx.cache_mode = mode.decode("latin-1").strip().lower() if mode else None
+        session = h.get(b"x-portway-session")
+        if session is not None or "metadata" in body:  # chat history: one lookup when no session is named
+            ctx.session, ctx.prepend = named_session(body, session, h.get(b"x-portway-history"))
         departure.arm(scope, receive)  # the body is read: from here `receive` only reports a disconnect
         reply = await self.rt.chat.chat(body, ctx)
         headers = [
@@ -123,6 +131,10 @@ class ChatCompletionsApp:
             (b"x-request-id", request_id.encode()),
         ]
         headers += [(k.encode(), v.encode()) for k, v in (reply.headers or {}).items()]
+        if reply.cache is not None:
+            headers.append((b"x-portway-cache", reply.cache.encode()))
+        if reply.cost is not None:  # non-stream only: a stream's cost is in its usage record
+            headers.append((b"x-portway-cost-usd", cost_header(reply.cost).encode()))
         return reply, headers
 
 
@@ -134,7 +146,9 @@ OPENAPI_PATH: dict[str, Any] = {
         "description": "OpenAI's chat completions API. `model` is an alias or `provider/model`; an optional "
         "`models` list adds fallbacks. Every other OpenAI parameter is passed through. With `stream: true` "
         "the answer is server-sent events ending in `data: [DONE]`. The headers `x-portway-provider` and "
-        "`x-portway-model` name the target that served.",
+        "`x-portway-model` name the target that served. A header `x-portway-session` (or "
+        "`metadata.session_id`) keeps the turn in that chat session (see /v1/sessions); "
+        "`x-portway-history: prepend` sends its stored messages first.",
         "operationId": "create_chat_completion",
         "requestBody": {
             "required": True,

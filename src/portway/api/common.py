@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
-from random import getrandbits
 from typing import Any
 
 import orjson
@@ -15,6 +14,8 @@ from fastapi.responses import Response
 from portway.identity.auth import Principal, bearer_token
 from portway.runtime import Runtime
 from portway.services.chat import RequestContext
+from portway.services.history import named_session
+from portway.telemetry.logs import REQUEST_ID, new_request_id
 
 
 def runtime(request: Request) -> Runtime:
@@ -88,8 +89,11 @@ class ClientAddress:
 def request_id(request: Request) -> str:
     """The client's x-request-id (cut to 64 characters), or a fresh one: an id to find a request by, not a
     secret, so no getrandom syscall per request."""
-    rid = request.headers.get("x-request-id")
-    return rid[:64] if rid else f"{getrandbits(64):016x}"
+    rid = REQUEST_ID.get()  # set for every request by api/access.RequestTelemetry
+    if rid is None:
+        raw = request.headers.get("x-request-id")
+        rid = new_request_id(raw.encode("latin-1", "replace") if raw else None)
+    return rid
 
 
 def client_ip(request: Request) -> str | None:
@@ -115,6 +119,10 @@ def request_context(
     rid: str | None = None,
 ) -> RequestContext:
     """What the services record a FastAPI-routed request by (the chat route builds its own, in ASGI)."""
-    return RequestContext(
+    ctx = RequestContext(
         rid or request_id(request), principal, started, client_ip(request), size, endpoint=endpoint
     )
+    session = request.headers.get("x-portway-session")
+    if session is not None:  # chat history on the protocols served by chat (responses, messages): header only
+        ctx.session, ctx.prepend = named_session({}, session, request.headers.get("x-portway-history"))
+    return ctx

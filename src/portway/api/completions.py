@@ -19,6 +19,7 @@ from portway.api.common import authenticate, request_context, runtime
 from portway.api.departure import Departure, EventStream
 from portway.api.validation import parse_json_object, validate_chat
 from portway.protocols.completions import CompletionStream, chat_request, completion_body
+from portway.usage.cost import COST_HEADER, cost_header
 
 router = APIRouter(tags=["openai"])
 
@@ -71,6 +72,8 @@ async def completions(request: Request) -> Response:
         "x-request-id": ctx.request_id,
         **(reply.headers or {}),
     }
+    if reply.cost is not None:
+        headers[COST_HEADER] = cost_header(reply.cost)
     if reply.stream is None:
         departure.disarm()
         return Response(completion_body(reply.body or b"{}"), headers=headers, media_type="application/json")

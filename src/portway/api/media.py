@@ -29,6 +29,7 @@ from portway.api.validation import parse_json_object
 from portway.errors import UnsupportedMediaType, ValidationError
 from portway.providers.media import Task, Upload
 from portway.services.chat import RequestContext
+from portway.usage.cost import COST_HEADER, cost_header
 
 router = APIRouter(tags=["media"])
 
@@ -137,6 +138,8 @@ async def _serve(
         "x-request-id": ctx.request_id,
         **(reply.headers or {}),
     }
+    if reply.cost is not None:
+        headers[COST_HEADER] = cost_header(reply.cost)
     if reply.stream is None:
         departure.disarm()
         return Response(reply.body or b"", headers=headers, media_type=reply.content_type)

@@ -37,7 +37,7 @@ from portway.api.validation import parse_json_object, validate_chat
 from portway.errors import PortwayError
 from portway.protocols import messages as protocol
 from portway.services.chat import RequestContext
-from portway.usage.cost import prompt_tokens_estimate
+from portway.usage.cost import COST_HEADER, cost_header, prompt_tokens_estimate
 
 log = logging.getLogger("portway.api")
 router = APIRouter(tags=["anthropic"])
@@ -162,6 +162,8 @@ async def _serve(
         "request-id": ctx.request_id,  # Anthropic's name for it (the SDK shows it as `_request_id`)
         **(reply.headers or {}),
     }
+    if reply.cost is not None:
+        headers[COST_HEADER] = cost_header(reply.cost)
     passthrough = getattr(rt.providers.get(reply.provider), "speaks_messages", False)
     stop = payload.get("stop") or ()
     if reply.stream is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -13,7 +15,11 @@ router = APIRouter(tags=["ops"])
 
 @router.get("/health", summary="Liveness: the process answers")
 async def health() -> Response:
-    return json_response({"status": "ok", "service": "portway", "version": __version__})
+    # One answer for every client: the seeds' own health checks (docs/compat.md) read `status: "healthy"`,
+    # `timestamp`, `version` and `service`.
+    body = {"status": "healthy", "service": "portway", "version": __version__}
+    body["timestamp"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json_response(body)
 
 
 @router.get("/ready", summary="Readiness: the stores are reachable and usage records are being written")
@@ -35,5 +41,6 @@ async def ready(request: Request) -> Response:
             **({} if redis is None else {"redis": redis}),
         },
         "usage_writer": writer,
+        "environment": rt.settings.environment,  # what seed 003's clients read beside `ready`
     }
     return json_response(body, status=200 if ok else 503)

@@ -32,6 +32,7 @@ from portway.protocols.responses import (
 )
 from portway.protocols.responses_stream import StreamTranslator
 from portway.stores.sql.responses import ResponseStore, StoredResponse
+from portway.usage.cost import COST_HEADER, cost_header
 
 router = APIRouter(tags=["responses"])
 
@@ -74,6 +75,8 @@ async def create_response(request: Request) -> Response:
         "x-request-id": ctx.request_id,
         **(reply.headers or {}),
     }
+    if reply.cost is not None:
+        headers[COST_HEADER] = cost_header(reply.cost)
     if reply.stream is None:
         departure.disarm()
         response = response_from_chat(req, reply.body or b"{}", int(time.time()))

@@ -22,6 +22,7 @@ from portway.providers.media import MediaCall, MediaResult, Task
 
 if TYPE_CHECKING:
     from portway.http.client import Transport
+    from portway.providers.listing import ListedModel
 
 
 class FailureKind(enum.Enum):
@@ -76,8 +77,12 @@ class Usage:
         completion = raw.get("completion_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return None
-        return cls(prompt, completion, _detail(raw, "prompt_tokens_details", "cached_tokens"),
-                   _detail(raw, "completion_tokens_details", "reasoning_tokens"))
+        return cls(
+            prompt,
+            completion,
+            _detail(raw, "prompt_tokens_details", "cached_tokens"),
+            _detail(raw, "completion_tokens_details", "reasoning_tokens"),
+        )
 
 
 def _detail(raw: dict[str, Any], group: str, name: str) -> int:
@@ -140,6 +145,13 @@ class Provider(Protocol):
 
     async def media(self, call: MediaCall) -> MediaResult: ...
 
+    async def list_models(self, key: str | None, timeout: float) -> list[ListedModel]:
+        """The upstream's models, for the catalog (raises UpstreamFailure; [] when it lists none)."""
+
+    async def probe(self, key: str | None, timeout: float) -> bool:
+        """A cheap health check with `key` (raises UpstreamFailure); False when the type has none."""
+        ...
+
     async def warm(self) -> None:
         """Prepares what the first request would otherwise wait for (the Runtime runs it at start)."""
 
@@ -194,6 +206,19 @@ class BaseProvider:
     async def media(self, call: MediaCall) -> MediaResult:
         """Serve a task of `tasks` other than chat (the media service never calls it for the others)."""
         raise NotImplementedError(f"{type(self).__name__} serves no {call.task} calls")
+
+    async def list_models(self, key: str | None, timeout: float) -> list[ListedModel]:
+        """No listing: the catalog knows this provider's models from the config and the price table."""
+        return []
+
+    async def probe(self, key: str | None, timeout: float) -> bool:
+        """The status service's active check (raises UpstreamFailure when the upstream fails it): by
+        default its model list, the cheapest authenticated call. False: this type has nothing to check
+        (no listing of its own), so its status comes from traffic only."""
+        if type(self).list_models is BaseProvider.list_models:
+            return False
+        await self.list_models(key, timeout)
+        return True
 
     async def warm(self) -> None:
         """Nothing to prepare."""

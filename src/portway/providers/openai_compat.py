@@ -27,6 +27,7 @@ from portway.providers.base import (
     UpstreamFailure,
     Usage,
 )
+from portway.providers.listing import ListedModel, parse_model_list
 from portway.providers.media import MediaCall, MediaResult, Task
 from portway.providers.sse import EventSplitter, EventTooLarge, event_data
 
@@ -202,6 +203,25 @@ class OpenAICompatProvider(BaseProvider):
         )
 
     # -- IO --------------------------------------------------------------------------------------------
+
+    async def list_models(self, key: str | None, timeout: float) -> list[ListedModel]:
+        """GET {base_url}/models: OpenAI's, OpenRouter's and Hugging Face's shapes (providers/listing.py)."""
+        headers = {"Accept": "application/json", **self.settings.headers}
+        if key is not None:
+            headers[self.auth_header] = self.auth_scheme + key
+        url = (self.settings.base_url or "").rstrip("/") + "/models"
+        req = WireRequest("GET", url, headers, b"", self._tls)
+        try:
+            async with await self.transport.send(req, timeout=timeout) as resp:
+                body = await resp.read()
+        except (TransportError, OSError) as exc:
+            raise _failure(exc, f"no model list within {timeout:g}s") from None
+        if resp.status >= 400:
+            raise self.classify_error(resp.status, resp.headers, body, key)
+        try:
+            return parse_model_list(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            raise UpstreamFailure(FailureKind.BAD_RESPONSE, "a model list that is not JSON") from None
 
     async def media(self, call: MediaCall) -> MediaResult:
         if call.task is Task.VIDEO:

@@ -34,8 +34,11 @@ from portway.errors import (
 )
 from portway.providers.base import ChatCall, ChatStream, Completion, FailureKind, Provider, UpstreamFailure
 from portway.providers.media import MediaCall, MediaResult, Task, Upload
+from portway.routing.health import Health
 from portway.routing.keypool import KeyPool, KeyState
 from portway.routing.router import Target
+from portway.telemetry.metrics import RequestMetrics
+from portway.telemetry.tracing import Tracer
 
 log = logging.getLogger("portway.routing")
 
@@ -144,6 +147,10 @@ class _Run:
 
 
 class AttemptRunner:
+    # Set by the Runtime when on (portway.telemetry): a span per attempt; failed attempts counted by class.
+    tracer: Tracer | None = None
+    metrics: RequestMetrics | None = None
+
     def __init__(
         self,
         providers: Mapping[str, Provider],
@@ -153,6 +160,7 @@ class AttemptRunner:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        health: Health | None = None,
     ) -> None:
         self.providers = providers
         self.pools = pools
@@ -160,6 +168,7 @@ class AttemptRunner:
         self.clock = clock
         self.sleep = sleep
         self.rand = rand
+        self.health = health  # passive provider health (routing/health.py): one observe() per attempt
 
     async def run(self, targets: list[Target], payload: dict[str, Any], stream: bool) -> Outcome:
         """A chat request's attempts (the hot path: one small job object per request)."""
@@ -263,6 +272,8 @@ class AttemptRunner:
         call: Awaitable[Result],
         run: _Run,
     ) -> Outcome | UpstreamFailure:
+        if self.tracer is not None:
+            call = self.tracer.attempt(call, target.provider, target.model)
         started = self.clock()
         try:
             result = await call
@@ -290,6 +301,12 @@ class AttemptRunner:
             run.attempts.append(
                 Attempt(target.provider, target.model, state.label, status, message, kind, latency_ms)
             )
+            if self.health is not None:
+                self.health.observe(
+                    target.provider, target.model, state.label, kind, status, latency_ms, message
+                )
+            if self.metrics is not None:
+                self.metrics.upstream_error(target.provider, kind)
             return failure
         except BaseException:
             pool.abandon(state)
@@ -297,9 +314,10 @@ class AttemptRunner:
             raise
         now = self.clock()
         pool.report(state, None, now, None)
-        run.attempts.append(
-            Attempt(target.provider, target.model, state.label, 200, "", "ok", (now - started) * 1000)
-        )
+        latency_ms = (now - started) * 1000
+        run.attempts.append(Attempt(target.provider, target.model, state.label, 200, "", "ok", latency_ms))
+        if self.health is not None:
+            self.health.observe(target.provider, target.model, state.label, "ok", 200, latency_ms)
         release = _once(lambda: pool.release(state))
         if not _holds_key(result):
             release()

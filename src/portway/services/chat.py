@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from portway.errors import PortwayError
 from portway.identity.auth import Principal
@@ -23,6 +23,7 @@ from portway.providers.base import ChatStream, Completion, UpstreamFailure, Usag
 from portway.providers.sse import error_event
 from portway.routing.attempts import AttemptRunner, Outcome
 from portway.routing.router import Router, Target
+from portway.services.cache import ResponseCache
 from portway.services.common import shielded
 from portway.usage.cost import (
     body_text_chars,
@@ -31,6 +32,9 @@ from portway.usage.cost import (
     text_chars,
 )
 from portway.usage.records import UsageRecord
+
+if TYPE_CHECKING:
+    from portway.services.history import HistoryService
 
 log = logging.getLogger("portway.chat")
 
@@ -43,6 +47,9 @@ class RequestContext:
     client_ip: str | None = None
     body_bytes: int = 0
     endpoint: str = "chat"  # the request log's endpoint: chat, responses, messages, completions
+    cache_mode: str | None = None  # the request's x-portway-cache header (force, skip), read when caching
+    session: str | None = None  # chat history: the session the request names (services/history.py)
+    prepend: bool | None = None  # x-portway-history: prepend (True) or off (False); None: history.prepend
 
 
 @dataclass(slots=True)
@@ -52,6 +59,8 @@ class ChatReply:
     body: bytes | None = None  # non-stream
     stream: AsyncGenerator[bytes, None] | None = None  # stream: SSE events
     headers: dict[str, str] | None = None  # x-ratelimit-* for the caller
+    cache: str | None = None  # x-portway-cache: hit or miss (None: the response cache was not consulted)
+    cost: float | None = None  # x-portway-cost-usd (non-stream only: a stream's headers go before its usage)
 
 
 class ChatService:
@@ -66,16 +75,21 @@ class ChatService:
         self.runner = runner
         self.admission = admission
         self.record = record
+        self.cache: ResponseCache | None = None  # the response cache, when `cache.enabled_for` is set
+        self.history: HistoryService | None = None  # chat history, set by the runtime
 
     async def chat(
         self, payload: dict[str, Any], ctx: RequestContext, messages: dict[str, Any] | None = None
     ) -> ChatReply:
         """`messages`: the client's /v1/messages body, passed as it is to a target whose provider speaks
         Anthropic's Messages API (`speaks_messages`: the answer is then Anthropic's own bytes)."""
+        if ctx.session is not None and self.history is not None:  # a None check when no session is named
+            return await self.history.around(payload, ctx, messages, self.chat)
         model = payload["model"]
         stream = bool(payload.get("stream"))
         ticket = Ticket()
         calling: list[Target] | None = None  # the plan, once its upstream calls have begun
+        key = self.cache.key_for(payload, ctx) if self.cache is not None and messages is None else None
         try:
             fallbacks = payload.get("models")
             self.admission.check_models(ctx.principal, [model, *(fallbacks or ())])
@@ -84,6 +98,8 @@ class ChatService:
                 ctx.principal, ctx.client_ip, payload, ctx.body_bytes, targets
             )
             calling = targets
+            if key is not None and (hit := await self._cache_hit(key, payload, ctx, ticket)) is not None:
+                return hit
             if messages is None:
                 outcome = await self.runner.run(targets, payload, stream)
             else:
@@ -107,10 +123,38 @@ class ChatService:
                 ctx, model, stream, 200, outcome=outcome, usage=usage, cost=cost, estimated=estimated
             )
             await self.admission.settle(ticket, usage, cost)
-            return ChatReply(target.provider, target.model, body=outcome.result.body, headers=ticket.headers)
+            body = outcome.result.body
+            if key is not None and self.cache is not None and not estimated:
+                self.cache.store_completion(key, target, outcome.result.served_model, usage, body)
+            miss = None if key is None else "miss"
+            return ChatReply(
+                target.provider, target.model, body=body, headers=ticket.headers, cache=miss, cost=cost
+            )
         # A chat job's result is a Completion or a ChatStream (MediaResults come from media jobs only).
-        relay = self._relay(cast(ChatStream, outcome.result), outcome, model, ctx, ticket)
-        return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers)
+        upstream = cast(ChatStream, outcome.result)
+        relay = self._relay(upstream, outcome, model, ctx, ticket)
+        if key is None or self.cache is None:
+            return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers)
+        relay = self.cache.tee(relay, key, target, upstream)
+        return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers, cache="miss")
+
+    async def _cache_hit(
+        self, key: str, payload: dict[str, Any], ctx: RequestContext, ticket: Ticket
+    ) -> ChatReply | None:
+        """The stored answer, if there is one: recorded at $0 (`cache_hit`), its tokens still counted."""
+        assert self.cache is not None
+        hit = await self.cache.get(key)
+        if hit is None:
+            return None
+        stream = bool(payload.get("stream"))
+        self.record(self.cache.hit_record(ctx, payload["model"], stream, hit))
+        await self.admission.settle(ticket, hit.usage, 0.0)
+        reply = ChatReply(hit.provider, hit.model, headers=ticket.headers, cache="hit")
+        if stream:
+            reply.stream = self.cache.replay(hit, payload)
+        else:
+            reply.body, reply.cost = hit.body, 0.0  # x-portway-cost-usd: 0
+        return reply
 
     async def _abandoned(
         self,

@@ -62,6 +62,7 @@ class MediaReply:
     body: bytes | None = None  # the whole answer
     stream: AsyncGenerator[bytes, None] | None = None  # or its chunks, relayed as produced (speech)
     headers: dict[str, str] | None = None  # x-ratelimit-* for the caller
+    cost: float | None = None  # x-portway-cost-usd (a whole answer only)
 
 
 class MediaService:
@@ -114,7 +115,7 @@ class MediaService:
         cost = self.pricing.media_cost(target.id, result.units)
         self._record(call, result.status, outcome=outcome, cost=cost, bytes_out=len(body))
         await self.admission.settle(ticket, _usage(result.units), cost)
-        reply.body = body
+        reply.body, reply.cost = body, cost
         return reply
 
     async def _call(

@@ -18,13 +18,14 @@ from portway.providers.base import (
     ProviderSettings,
     UpstreamFailure,
 )
+from portway.providers.listing import ListedModel
 from portway.providers.local.generate import GenerationResult, Piece, run_generation
 from portway.providers.local.model import LoadedModel, LocalOptions
 from portway.providers.local.params import GenerationRequest, build_request
 from portway.providers.local.pool import ModelPool
 from portway.providers.local.shapes import ResponseShape
 from portway.providers.local.stream import LocalChatStream, StreamItem, as_failure, queue_feeder
-from portway.providers.local.tasks import TASKS, LocalMedia
+from portway.providers.local.tasks import MODEL_IDS, TASKS, LocalMedia
 from portway.providers.local.toolcalls import CallDecoder
 from portway.providers.media import MediaCall, MediaResult, Task
 
@@ -66,6 +67,18 @@ class LocalProvider(BaseProvider):
 
     async def media(self, call: MediaCall) -> MediaResult:
         return await self._media.serve(call)
+
+    async def list_models(self, key: str | None, timeout: float) -> list[ListedModel]:
+        """Its own models, from its options: nothing to ask, nothing loaded. All of them cost nothing."""
+        modalities = {
+            Task.EMBEDDINGS: (("text",), ("embeddings",)),
+            Task.SPEECH: (("text",), ("audio",)),
+            Task.TRANSCRIPTION: (("audio",), ("text",)),
+        }
+        models = [ListedModel(self.config.model_id, context_length=self.config.n_ctx, free=True)]
+        for task, (ins, outs) in modalities.items():
+            models.append(ListedModel(MODEL_IDS[task], modalities_in=ins, modalities_out=outs, free=True))
+        return models
 
     async def chat(self, call: ChatCall) -> Completion | ChatStream:
         if call.model in self._media.model_ids() and call.model != self.config.model_id:
