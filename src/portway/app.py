@@ -131,7 +131,8 @@ def create_app(settings: Settings | None = None, cfg: GatewayConfig | None = Non
     app.include_router(status_api.router)
     app.include_router(search_api.router)
     app.include_router(docs.router)
-    compat.mount(app, cfg.compat)  # last: a seed's routes at the root (cheppu's `/`) shadow nothing
+    # Last: a seed's routes at the root (cheppu's `/`) shadow nothing.
+    app.state.compat = compat.mount(app, cfg.compat)
     app.add_exception_handler(PortwayError, _portway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -157,7 +158,9 @@ def create_asgi(settings: Settings | None = None, cfg: GatewayConfig | None = No
     # Multipart media uploads get their own, larger cap (server.max_upload_bytes) instead of the body cap.
     uploads = BodyLimit(api, cfg.server.max_upload_bytes)
     fast.update(dict.fromkeys(UPLOAD_PATHS, uploads))
-    control = AdmissionControl(limited, cfg.server.max_in_flight, fast=fast)
+    mounted: compat.Mounted = api.state.compat  # the seed surfaces: bounded and capped like /v1
+    fast.update(dict.fromkeys(mounted.uploads, uploads))
+    control = AdmissionControl(limited, cfg.server.max_in_flight, fast=fast, paths=mounted.paths)
     rt: Runtime = api.state.runtime
     if rt.sampler is not None:
         rt.sampler.door = control  # portway_in_flight_requests reads its counter when sampled

@@ -13,7 +13,8 @@ class AdmissionControl:
     """Bound the requests in flight per worker; past the bound answer 503 at once instead of queueing.
 
     Also the door to the hot path: `fast` maps a path to a pure ASGI app that is called directly,
-    skipping every framework layer (CORS, when configured, wraps this door).
+    skipping every framework layer (CORS, when configured, wraps this door). Bounded: every path under
+    `prefix`, and the exact `paths` (the seed surfaces' routes).
     """
 
     def __init__(
@@ -22,15 +23,18 @@ class AdmissionControl:
         max_in_flight: int,
         prefix: str = "/v1/",
         fast: Mapping[str, ASGIApp] | None = None,
+        paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
+        self.paths = paths
         self.max_in_flight = max_in_flight
         self.prefix = prefix
         self.fast = dict(fast or {})
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not (path.startswith(self.prefix) or path in self.paths):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
@@ -38,7 +42,7 @@ class AdmissionControl:
             return
         self.in_flight += 1
         try:
-            await self.fast.get(scope["path"], self.app)(scope, receive, send)
+            await self.fast.get(path, self.app)(scope, receive, send)
         finally:
             self.in_flight -= 1
 

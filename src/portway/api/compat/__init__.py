@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import lru_cache, wraps
 from typing import Any, ParamSpec
 
@@ -42,10 +43,22 @@ ANONYMOUS_RPM = 30
 P = ParamSpec("P")
 
 
-def mount(app: FastAPI, cfg: CompatConfig) -> list[str]:
-    """Include every enabled surface's router under its prefix; returns the names mounted."""
+@dataclass(frozen=True, slots=True)
+class Mounted:
+    """What the enabled surfaces serve: the door (app.create_asgi) bounds these paths' requests in flight
+    like /v1's, and gives the multipart ones (a module's `UPLOADS`) `server.max_upload_bytes`."""
+
+    names: tuple[str, ...] = ()
+    paths: frozenset[str] = frozenset()
+    uploads: frozenset[str] = frozenset()
+
+
+def mount(app: FastAPI, cfg: CompatConfig) -> Mounted:
+    """Include every enabled surface's router under its prefix."""
     rt: Runtime = app.state.runtime
-    mounted = []
+    names: list[str] = []
+    paths: set[str] = set()
+    uploads: set[str] = set()
     for name in SURFACES:
         section = getattr(cfg, name)
         if not section.enabled:
@@ -53,8 +66,11 @@ def mount(app: FastAPI, cfg: CompatConfig) -> list[str]:
         module = importlib.import_module(f"portway.api.compat.{name}")
         router: APIRouter = module.build(section, rt)
         app.include_router(router, prefix=section.prefix)
-        mounted.append(name)
-    return mounted
+        names.append(name)
+        own = {getattr(route, "path", "") for route in router.routes}
+        paths.update(section.prefix + path for path in own)
+        uploads.update(section.prefix + path for path in own & getattr(module, "UPLOADS", frozenset()))
+    return Mounted(tuple(names), frozenset(paths), frozenset(uploads))
 
 
 # -- callers -----------------------------------------------------------------------------------------------

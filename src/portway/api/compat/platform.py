@@ -110,6 +110,10 @@ def _one(form: Form, name: str, as_field: str | None = None) -> Upload:
     return dataclasses.replace(files[0], field=as_field) if as_field else files[0]
 
 
+# The multipart routes (full paths, the router's /api included): server.max_upload_bytes applies to them.
+UPLOADS = frozenset({"/api/edit-image", "/api/stt", "/api/video/image-to-video"})
+
+
 def build(section: PlatformCompat, rt: Runtime) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["compat: platform"])
     spec = anonymous_spec(None, rt.cfg.limits.per_ip)
