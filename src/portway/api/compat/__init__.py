@@ -25,7 +25,8 @@ from fastapi.responses import Response
 
 from portway.api.common import authenticate, client_ip, request_context, runtime
 from portway.api.departure import Departure
-from portway.config import CompatConfig, LimitSpecConfig
+from portway.config import LimitSpecConfig
+from portway.config.compat import CompatConfig
 from portway.errors import ModelNotFound, PortwayError, ValidationError
 from portway.identity.auth import Principal
 from portway.limits.spec import LimitSpec

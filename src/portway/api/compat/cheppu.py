@@ -29,7 +29,7 @@ from portway.api.compat import (
     served_headers,
     usable,
 )
-from portway.config import CheppuCompat
+from portway.config.compat import CheppuCompat
 from portway.errors import PortwayError, UpstreamBadRequest, UpstreamError
 from portway.providers.media import Task
 from portway.runtime import Runtime

@@ -26,7 +26,7 @@ from portway.api.common import authenticate, request_context
 from portway.api.compat import GONE, chat_events, errors, ip_gate, json_body, json_bytes, served_headers
 from portway.api.departure import EventStream
 from portway.api.search import DEFAULT_LIMIT, _query
-from portway.config import GenzCompat
+from portway.config.compat import GenzCompat
 from portway.errors import InvalidApiKey, ModelNotFound, PortwayError, QuotaExceeded, ValidationError
 from portway.identity.auth import Principal
 from portway.identity.models import LoginRequest

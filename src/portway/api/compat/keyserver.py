@@ -19,7 +19,7 @@ from fastapi.responses import Response
 
 from portway.api.common import authenticate, client_ip
 from portway.api.compat import GONE, anonymous, chat, errors, json_body, json_bytes, served_headers
-from portway.config import KeyserverCompat
+from portway.config.compat import KeyserverCompat
 from portway.errors import InvalidApiKey, NotFound, PortwayError, ValidationError
 from portway.identity.auth import Principal
 from portway.identity.models import PolicyCreate

@@ -28,7 +28,7 @@ from portway.api.compat import (
     served_headers,
 )
 from portway.api.departure import EventStream
-from portway.config import PastaCompat
+from portway.config.compat import PastaCompat
 from portway.errors import ModelNotFound, NotFound, PortwayError, ValidationError
 from portway.identity.auth import Principal
 from portway.runtime import Runtime

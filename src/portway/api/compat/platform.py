@@ -33,7 +33,7 @@ from portway.api.compat import (
     served_headers,
 )
 from portway.api.uploads import Form, multipart_form
-from portway.config import PlatformCompat
+from portway.config.compat import PlatformCompat
 from portway.errors import PortwayError, UpstreamError, UpstreamTimeout, ValidationError
 from portway.identity.auth import Principal
 from portway.providers.media import Task, Upload
