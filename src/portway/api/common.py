@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
@@ -11,9 +12,10 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from portway.api.departure import Departure
 from portway.identity.auth import Principal, bearer_token
 from portway.runtime import Runtime
-from portway.services.chat import RequestContext
+from portway.services.chat import ChatReply, RequestContext
 from portway.services.history import named_session
 from portway.telemetry.logs import REQUEST_ID, new_request_id
 
@@ -126,3 +128,25 @@ def request_context(
     if session is not None:  # chat history on the protocols served by chat (responses, messages): header only
         ctx.session, ctx.prepend = named_session({}, session, request.headers.get("x-portway-history"))
     return ctx
+
+
+async def chat_reply(
+    request: Request, payload: dict[str, Any], ctx: RequestContext
+) -> tuple[ChatReply, Departure] | None:
+    """A chat completion through ChatService, cancelled if the client leaves before the answer (recorded by
+    the service as 499; None here). A stream is to be sent with `EventStream(..., departure)`, which stays
+    armed for it; for any other answer it is disarmed."""
+    departure = Departure()
+    departure.arm(request.scope, request.receive)  # the body is read: `receive` only reports a disconnect
+    try:
+        reply = await runtime(request).chat.chat(payload, ctx)
+    except asyncio.CancelledError:
+        if departure.forgive():
+            return None
+        raise
+    except BaseException:
+        departure.disarm()
+        raise
+    if reply.stream is None:
+        departure.disarm()
+    return reply, departure

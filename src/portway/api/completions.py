@@ -7,7 +7,6 @@ and a client that goes away during the upstream call or the stream cancels it as
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -15,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from portway.api.common import authenticate, request_context, runtime
-from portway.api.departure import Departure, EventStream
+from portway.api.common import authenticate, chat_reply, request_context
+from portway.api.departure import EventStream
 from portway.api.validation import parse_json_object, validate_chat
 from portway.protocols.completions import CompletionStream, chat_request, completion_body
 from portway.usage.cost import COST_HEADER, cost_header
@@ -55,17 +54,10 @@ async def completions(request: Request) -> Response:
     raw = await request.body()
     payload = validate_chat(chat_request(parse_json_object(raw)))
     ctx = request_context(request, principal, started, len(raw), endpoint="completions")
-    departure = Departure()
-    departure.arm(request.scope, request.receive)  # the body is read: `receive` only reports a disconnect
-    try:
-        reply = await runtime(request).chat.chat(payload, ctx)
-    except asyncio.CancelledError:
-        if departure.forgive():
-            return Response(status_code=499)  # the client left: recorded by the service, nobody to answer
-        raise
-    except BaseException:
-        departure.disarm()
-        raise
+    done = await chat_reply(request, payload, ctx)
+    if done is None:
+        return Response(status_code=499)  # the client left: recorded by the service, nobody to answer
+    reply, departure = done
     headers = {
         "x-portway-provider": reply.provider,
         "x-portway-model": reply.model,
@@ -75,7 +67,6 @@ async def completions(request: Request) -> Response:
     if reply.cost is not None:
         headers[COST_HEADER] = cost_header(reply.cost)
     if reply.stream is None:
-        departure.disarm()
         return Response(completion_body(reply.body or b"{}"), headers=headers, media_type="application/json")
     return EventStream(_translated(reply.stream), headers, departure)
 

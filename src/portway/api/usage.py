@@ -7,6 +7,7 @@ Both answer the same JSON object (totals, groups, optional rows) or, with `forma
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -59,14 +60,11 @@ async def _answer(
     request: Request,
     caller: Principal | None,
     params: UsageParams,
-    *,
-    rows: bool,
-    limit: int | None,
-    offset: int,
-    fmt: str | None,
+    out: Output,
 ) -> Response:
     service = _service(request)
-    as_csv = _wants_csv(request, fmt)
+    limit, offset = out.limit, out.offset
+    as_csv = _wants_csv(request, out.fmt)
     if as_csv and check_group_by(params.group_by) is None:
         # Checked before the stream starts, so a bad parameter is a 400, not a cut download.
         export = service.export_rows(service.query(params, caller), limit or MAX_EXPORT, offset)
@@ -78,7 +76,7 @@ async def _answer(
     flt, body = await service.report(params, caller)
     if as_csv:
         return _csv(groups_csv(body), f"portway-usage-by-{body['group_by']}.csv")
-    if rows:
+    if out.rows:
         page = limit or 100
         body.update(rows=await service.rows(flt, page, offset), limit=page, offset=offset)
     return json_response(body, headers={"Cache-Control": "no-store"})
@@ -103,21 +101,33 @@ Limit = Query(None, ge=1, le=MAX_EXPORT, description=f"rows per page (JSON: at m
 Format = Query(None, alias="format", max_length=8, description="json (default) or csv")
 
 
+@dataclass(frozen=True, slots=True)
+class Output:
+    """How to answer: JSON (with a page of rows when `rows`) or CSV."""
+
+    rows: bool
+    limit: int | None
+    offset: int
+    fmt: str | None
+
+
+def _output(
+    rows: bool = False, limit: int | None = Limit, offset: int = PageOffset, fmt: str | None = Format
+) -> Output:
+    return Output(rows, limit, offset, fmt)
+
+
+OutputParams = Annotated[Output, Depends(_output)]
+
+
 @router.get(
     "/admin/usage",
     summary="Usage of every key and user: filters, group_by=hour|day|model|provider|key|user, CSV",
     description=f"Filters: {_FILTERS}. Admins only.",
     dependencies=[Depends(require_admin)],
 )
-async def admin_usage(
-    request: Request,
-    params: Params,
-    rows: bool = False,
-    limit: int | None = Limit,
-    offset: int = PageOffset,
-    fmt: str | None = Format,
-) -> Response:
-    return await _answer(request, None, params, rows=rows, limit=limit, offset=offset, fmt=fmt)
+async def admin_usage(request: Request, params: Params, out: OutputParams) -> Response:
+    return await _answer(request, None, params, out)
 
 
 @router.get(
@@ -125,13 +135,6 @@ async def admin_usage(
     summary="The caller's own usage (same filters, groups and CSV as /admin/usage)",
     description=f"Filters: {_FILTERS}. Only the caller's own requests, whatever the filters say.",
 )
-async def own_usage(
-    request: Request,
-    params: Params,
-    rows: bool = False,
-    limit: int | None = Limit,
-    offset: int = PageOffset,
-    fmt: str | None = Format,
-) -> Response:
+async def own_usage(request: Request, params: Params, out: OutputParams) -> Response:
     caller = await authenticate(request)
-    return await _answer(request, caller, params, rows=rows, limit=limit, offset=offset, fmt=fmt)
+    return await _answer(request, caller, params, out)

@@ -6,34 +6,16 @@ POST /v1/videos takes JSON, or multipart/form-data (what the openai SDK sends) w
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from portway.api.common import ClientAddress, authenticate, json_response, runtime
+from portway.api.common import authenticate, client_ip, json_response, runtime
 from portway.api.uploads import multipart_form
+from portway.api.validation import parse_json_object
 from portway.errors import UnsupportedMediaType, ValidationError
 from portway.providers.media import Upload
 
 router = APIRouter(tags=["videos"])
-
-
-def _client_ip(request: Request) -> str | None:
-    peer = request.client.host if request.client else None
-    trusted = runtime(request).cfg.server.trusted_proxies
-    return ClientAddress(trusted).resolve(peer, request.scope["headers"]) if trusted else peer
-
-
-def _json_fields(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ValidationError("Request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ValidationError("Request body must be a JSON object")
-    return body
 
 
 def _form_upload(files: list[Upload]) -> Upload | None:
@@ -54,9 +36,11 @@ async def create_video(request: Request) -> Response:
         limit = rt.cfg.server.max_upload_bytes
         async with multipart_form(request, limit=limit, root=rt.settings.data_dir / "uploads") as form:
             fields = {name: form.text(name) for name in form.fields}
-            job = await rt.videos.create(principal, fields, _form_upload(form.files), _client_ip(request))
+            job = await rt.videos.create(principal, fields, _form_upload(form.files), client_ip(request))
     elif ctype in ("application/json", ""):
-        job = await rt.videos.create(principal, _json_fields(await request.body()), None, _client_ip(request))
+        job = await rt.videos.create(
+            principal, parse_json_object(await request.body()), None, client_ip(request)
+        )
     else:
         raise UnsupportedMediaType(
             f"POST /v1/videos takes application/json or multipart/form-data, not {ctype}"

@@ -6,7 +6,12 @@ A plaintext key appears once, in the answer that created it, and is printed so i
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, get_type_hints
 
 import orjson
 import typer
@@ -30,18 +35,52 @@ keys = typer.Typer(help="Virtual keys: create, list, show, update, revoke, rotat
 policies = typer.Typer(help="Rotating key policies: create, list, current, rotate.", no_args_is_help=True)
 users = typer.Typer(help="Users: create, list, update, set-admin.", no_args_is_help=True)
 
-# The five limit fields of config.LimitFields, as options of every command that sets limits.
-Rpm = Annotated[int | None, typer.Option(help="requests per minute", show_default=False)]
-Tpm = Annotated[int | None, typer.Option(help="tokens per minute", show_default=False)]
-Daily = Annotated[
-    int | None, typer.Option("--daily-requests", help="requests per UTC day", show_default=False)
+
+@dataclass(frozen=True, slots=True)
+class LimitOptions:
+    """The five limit fields of config.LimitFields as given on the command line (None: not given)."""
+
+    rpm: Annotated[int | None, typer.Option(help="requests per minute", show_default=False)] = None
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute", show_default=False)] = None
+    daily_requests: Annotated[
+        int | None, typer.Option("--daily-requests", help="requests per UTC day", show_default=False)
+    ] = None
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", help="spend per budget period", show_default=False)
+    ] = None
+    budget_period: Annotated[
+        str | None, typer.Option("--budget-period", help="daily, monthly or total", show_default=False)
+    ] = None
+
+    def fields(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+NO_LIMITS = LimitOptions()
+# LimitOptions' fields as parameters, for Typer to read as options.
+_LIMIT_PARAMS = [
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=hint)
+    for name, hint in get_type_hints(LimitOptions, include_extras=True).items()
 ]
-Budget = Annotated[
-    float | None, typer.Option("--budget-usd", help="spend per budget period", show_default=False)
-]
-Period = Annotated[
-    str | None, typer.Option("--budget-period", help="daily, monthly or total", show_default=False)
-]
+
+
+def with_limits(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that sets limits takes one `limits: LimitOptions`; Typer reads options from the signature,
+    so the one it is shown has the five limit options where `limits` stands, gathered again on the call."""
+    signature = inspect.signature(command, eval_str=True)
+    params = [
+        q for p in signature.parameters.values() for q in (_LIMIT_PARAMS if p.name == "limits" else [p])
+    ]
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        given = {p.name: kwargs.pop(p.name) for p in _LIMIT_PARAMS}
+        command(*args, limits=LimitOptions(**given), **kwargs)
+
+    run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return run
+
+
 Models = Annotated[
     list[str] | None, typer.Option("--model", help="an allowed model pattern (repeat it)", show_default=False)
 ]
@@ -52,6 +91,14 @@ Offset = Annotated[int, typer.Option(help="items to skip")]
 def _body(**fields: Any) -> dict[str, Any]:
     """The options that were given (None: not given, so the server keeps or defaults it)."""
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _changes(**fields: Any) -> dict[str, Any]:
+    """An update's body: at least one option must have been given."""
+    body = _body(**fields)
+    if not body:
+        raise CliError("nothing to change: give at least one option (see --help)", EXIT_USAGE)
+    return body
 
 
 def _metadata(text: str | None) -> dict[str, Any] | None:
@@ -100,6 +147,14 @@ def _new_key(answer: dict[str, Any], json: bool, field: str = "key") -> None:
     )
 
 
+def _done(answer: dict[str, Any], json: bool, line: str) -> None:
+    """An action's answer: JSON, or one line saying what was done."""
+    if json:
+        print_json(answer)
+    else:
+        console().print(line)
+
+
 def _page(answer: dict[str, Any], json: bool, title: str, columns: list[str], rows: list[list[str]]) -> None:
     if json:
         print_json(answer)
@@ -112,15 +167,12 @@ def _page(answer: dict[str, Any], json: bool, title: str, columns: list[str], ro
 
 
 @keys.command("create")
+@with_limits
 def key_create(
     name: Annotated[str, typer.Option(help="a label")] = "",
     user: Annotated[str | None, typer.Option("--user", help="the owning user's id")] = None,
     model: Models = None,
-    rpm: Rpm = None,
-    tpm: Tpm = None,
-    daily_requests: Daily = None,
-    budget_usd: Budget = None,
-    budget_period: Period = None,
+    limits: LimitOptions = NO_LIMITS,
     expires_in: Annotated[
         float | None, typer.Option(help="seconds until it expires", show_default=False)
     ] = None,
@@ -134,11 +186,7 @@ def key_create(
         name=name,
         user_id=user,
         allowed_models=model,
-        rpm=rpm,
-        tpm=tpm,
-        daily_requests=daily_requests,
-        budget_usd=budget_usd,
-        budget_period=budget_period,
+        **limits.fields(),
         expires_in_seconds=expires_in,
         metadata=_metadata(metadata),
     )
@@ -198,15 +246,12 @@ def key_show(
 
 
 @keys.command("update")
+@with_limits
 def key_update(
     key_id: Annotated[str, typer.Argument(help="the key's id")],
     name: Annotated[str | None, typer.Option(help="a new label")] = None,
     model: Models = None,
-    rpm: Rpm = None,
-    tpm: Tpm = None,
-    daily_requests: Daily = None,
-    budget_usd: Budget = None,
-    budget_period: Period = None,
+    limits: LimitOptions = NO_LIMITS,
     expires_in: Annotated[float | None, typer.Option(help="seconds from now until it expires")] = None,
     metadata: Annotated[str | None, typer.Option(help="a JSON object (replaces the old one)")] = None,
     json: JsonOption = False,
@@ -214,19 +259,13 @@ def key_update(
     key: KeyOption = None,
 ) -> None:
     """Change a key's name, allowed models, limits, expiry or metadata (options not given are kept)."""
-    body = _body(
+    body = _changes(
         name=name,
         allowed_models=model,
-        rpm=rpm,
-        tpm=tpm,
-        daily_requests=daily_requests,
-        budget_usd=budget_usd,
-        budget_period=budget_period,
+        **limits.fields(),
         expires_in_seconds=expires_in,
         metadata=_metadata(metadata),
     )
-    if not body:
-        raise CliError("nothing to change: give at least one option (see --help)", EXIT_USAGE)
     with Server.connect(url, key) as server:
         _details(server.patch(f"/admin/keys/{key_id}", body), json, f"key {key_id}")
 
@@ -241,10 +280,7 @@ def key_revoke(
     """Revoke a key: it is refused from now on."""
     with Server.connect(url, key) as server:
         answer = server.post(f"/admin/keys/{key_id}/revoke")
-    if json:
-        print_json(answer)
-    else:
-        console().print(f"revoked {cell(answer.get('id'))} ({cell(answer.get('status'))})")
+    _done(answer, json, f"revoked {cell(answer.get('id'))} ({cell(answer.get('status'))})")
 
 
 @keys.command("rotate")
@@ -263,17 +299,14 @@ def key_rotate(
 
 
 @policies.command("create")
+@with_limits
 def policy_create(
     name: Annotated[str, typer.Argument(help="the policy's name")],
     period_days: Annotated[float | None, typer.Option(help="days between rotations (default 7)")] = None,
     period_seconds: Annotated[float | None, typer.Option(help="seconds between rotations")] = None,
     grace_seconds: Annotated[float | None, typer.Option(help="how long the previous key still works")] = None,
     model: Models = None,
-    rpm: Rpm = None,
-    tpm: Tpm = None,
-    daily_requests: Daily = None,
-    budget_usd: Budget = None,
-    budget_period: Period = None,
+    limits: LimitOptions = NO_LIMITS,
     json: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
@@ -285,11 +318,7 @@ def policy_create(
         period_seconds=period_seconds,
         grace_seconds=grace_seconds,
         allowed_models=model,
-        rpm=rpm,
-        tpm=tpm,
-        daily_requests=daily_requests,
-        budget_usd=budget_usd,
-        budget_period=budget_period,
+        **limits.fields(),
     )
     with Server.connect(url, key) as server:
         _new_key(server.post("/admin/key-policies", body), json, field="api_key")
@@ -367,16 +396,13 @@ Password = Annotated[
 
 
 @users.command("create")
+@with_limits
 def user_create(
     email: Annotated[str, typer.Argument(help="the user's email address")],
     password: Password = None,
     admin: Annotated[bool, typer.Option("--admin", help="make the user an admin")] = False,
     disabled: Annotated[bool, typer.Option("--disabled", help="create the user disabled")] = False,
-    rpm: Rpm = None,
-    tpm: Tpm = None,
-    daily_requests: Daily = None,
-    budget_usd: Budget = None,
-    budget_period: Period = None,
+    limits: LimitOptions = NO_LIMITS,
     json: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
@@ -387,11 +413,7 @@ def user_create(
         password=password,
         is_admin=admin,
         disabled=disabled,
-        rpm=rpm,
-        tpm=tpm,
-        daily_requests=daily_requests,
-        budget_usd=budget_usd,
-        budget_period=budget_period,
+        **limits.fields(),
     )
     with Server.connect(url, key) as server:
         _details(server.post("/admin/users", body), json, f"user {email}")
@@ -424,33 +446,24 @@ def user_list(
 
 
 @users.command("update")
+@with_limits
 def user_update(
     user: Annotated[str, typer.Argument(help="the user's id or email address")],
     email: Annotated[str | None, typer.Option(help="a new email address")] = None,
     password: Password = None,
     disabled: Annotated[bool | None, typer.Option("--disabled/--enabled", help="disable or enable")] = None,
-    rpm: Rpm = None,
-    tpm: Tpm = None,
-    daily_requests: Daily = None,
-    budget_usd: Budget = None,
-    budget_period: Period = None,
+    limits: LimitOptions = NO_LIMITS,
     json: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
 ) -> None:
     """Change a user's email, password, disabled flag or limits (options not given are kept)."""
-    body = _body(
+    body = _changes(
         email=email,
         password=password,
         disabled=disabled,
-        rpm=rpm,
-        tpm=tpm,
-        daily_requests=daily_requests,
-        budget_usd=budget_usd,
-        budget_period=budget_period,
+        **limits.fields(),
     )
-    if not body:
-        raise CliError("nothing to change: give at least one option (see --help)", EXIT_USAGE)
     with Server.connect(url, key) as server:
         user_id = _user_id(server, user)
         _details(server.patch(f"/admin/users/{user_id}", body), json, f"user {user_id}")
@@ -470,7 +483,4 @@ def user_set_admin(
     with Server.connect(url, key) as server:
         user_id = _user_id(server, user)
         answer = server.patch(f"/admin/users/{user_id}", {"is_admin": admin})
-    if json:
-        print_json(answer)
-    else:
-        console().print(f"{cell(answer.get('email'))}: admin {cell(answer.get('is_admin'))}")
+    _done(answer, json, f"{cell(answer.get('email'))}: admin {cell(answer.get('is_admin'))}")

@@ -21,16 +21,12 @@ stays reserved until the counter's period ends).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from portway.limits.counters import (
@@ -47,6 +43,8 @@ from portway.limits.counters import (
 )
 from portway.limits.spec import Limit
 from portway.routing.breaker import Breaker
+from portway.stores.redis_client import redis_client
+from portway.tasks import stop
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +103,8 @@ class RedisCounters(Counters):
         max_connections: int = 64,
         queue_timeout: float = 5.0,
     ) -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            max_connections=max_connections,
-            # redis-py's own timeouts bound connecting (TCP, TLS and the handshake's replies); an operation
-            # is bounded by ``self._deadline`` instead, which also covers a reconnect on the hot path.
-            socket_timeout=connect_timeout,
-            socket_connect_timeout=connect_timeout,
-            # Retrying on the hot path would multiply the worst-case latency; the breaker handles outages.
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        # An operation is bounded by ``self._deadline``; the breaker handles outages.
+        self._redis = redis_client(url, max_connections=max_connections, connect_timeout=connect_timeout)
         self._admit_script = self._redis.register_script(ADMIT_LUA)
         self._settle_script = self._redis.register_script(SETTLE_LUA)
         self._prefix = prefix
@@ -304,8 +293,5 @@ class RedisCounters(Counters):
         return [usage_of(limit, s, v) for limit, s, v in zip(limits, slots, stored, strict=True)]
 
     async def aclose(self) -> None:
-        if self._connector is not None:
-            self._connector.cancel()
-            with contextlib.suppress(BaseException):
-                await self._connector
+        await stop(self._connector)
         await self._redis.aclose()

@@ -39,6 +39,7 @@ from portway.providers.listing import ListedModel
 from portway.routing.keypool import KeyPool
 from portway.routing.router import Router, Target
 from portway.stores.sql.catalog import CatalogRow, CatalogStore
+from portway.tasks import stop
 from portway.usage.cost import Pricing, UnitPrices, bundled_table, listed_prices
 
 log = logging.getLogger("portway.catalog")
@@ -168,11 +169,8 @@ class Catalog:
         self._task = asyncio.create_task(self._run(), name="portway-catalog")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await stop(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -28,7 +28,6 @@ Methods for other callers (the CLI's `portway status`, the compat surfaces):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -43,6 +42,7 @@ from portway.providers.base import Provider, UpstreamFailure
 from portway.routing.health import Health, LastError, Stats
 from portway.routing.keypool import KeyPool, KeyState
 from portway.stores.sql.status import Check, StatusStore, Uptime
+from portway.tasks import stop
 
 log = logging.getLogger("portway.status")
 
@@ -111,11 +111,8 @@ class StatusService:
         self._task = asyncio.create_task(self._loop(), name="portway-status")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await stop(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         if self.cfg.probe_interval_seconds:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from portway.stores.redis_client import redis_client
 
 log = logging.getLogger("portway.cache")
 
@@ -30,14 +29,7 @@ class RedisCacheStore:
         prefix: str = "portway:cache:",
         max_connections: int = 16,
     ) -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            max_connections=max_connections,
-            socket_timeout=connect_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self._redis = redis_client(url, max_connections=max_connections, connect_timeout=connect_timeout)
         self._timeout = op_timeout
         self._prefix = prefix
         self._failing = False

@@ -17,7 +17,6 @@ user or a client-chosen string.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from portway.tasks import stop
 from portway.telemetry import MULTIPROC_ENV
 
 log = logging.getLogger("portway.telemetry")
@@ -205,11 +205,8 @@ class Sampler:
             await asyncio.sleep(self.interval)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await stop(self._task)
+        self._task = None
         if multiprocess_dir() is not None:
             from prometheus_client import multiprocess
 

@@ -23,11 +23,12 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
-from portway.api.common import authenticate, client_ip, request_context, runtime
+from portway.api.common import authenticate, chat_reply, client_ip, request_context, runtime
 from portway.api.departure import Departure
+from portway.api.validation import parse_json_object
 from portway.config import LimitSpecConfig
 from portway.config.compat import CompatConfig
-from portway.errors import ModelNotFound, PortwayError, ValidationError
+from portway.errors import ModelNotFound, PortwayError
 from portway.identity.auth import Principal
 from portway.limits.spec import LimitSpec
 from portway.providers.media import Task, Upload
@@ -106,15 +107,7 @@ async def caller(request: Request, surface: str, auth: str, spec: LimitSpec | No
 
 async def json_body(request: Request) -> tuple[dict[str, Any], int]:
     raw = await request.body()
-    if not raw:
-        raise ValidationError("Request body is empty; expected a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ValidationError("Request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ValidationError("Request body must be a JSON object")
-    return body, len(raw)
+    return parse_json_object(raw), len(raw)
 
 
 def model_name(rt: Runtime, name: str, provider: str) -> str:
@@ -159,20 +152,7 @@ async def chat_events(
     """A chat completion through ChatService that may stream: a stream is to be sent with
     `EventStream(..., departure)`, which stays armed for it (None: the client left before an answer)."""
     ctx = request_context(request, principal, time.monotonic(), size, endpoint=endpoint)
-    departure = Departure()
-    departure.arm(request.scope, request.receive)  # the body is read: `receive` only reports a disconnect
-    try:
-        reply = await runtime(request).chat.chat(payload, ctx)
-    except asyncio.CancelledError:
-        if departure.forgive():
-            return None
-        raise
-    except BaseException:
-        departure.disarm()
-        raise
-    if reply.stream is None:
-        departure.disarm()
-    return reply, departure
+    return await chat_reply(request, payload, ctx)
 
 
 async def _cancellable(request: Request, work: Awaitable[Any]) -> Any:
