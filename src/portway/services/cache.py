@@ -38,6 +38,7 @@ import orjson
 from portway.config import CacheConfig
 from portway.protocols.chat_chunks import assemble, complete, replay
 from portway.providers.base import ChatStream, Usage
+from portway.providers.sse import event_data
 from portway.routing.router import Target
 from portway.usage.records import UsageRecord
 
@@ -193,9 +194,13 @@ class ResponseCache:
     async def tee(
         self, relay: AsyncGenerator[bytes, None], key: str, target: Target, upstream: ChatStream
     ) -> AsyncGenerator[bytes, None]:
-        """Relay a stream and, once it ended complete, keep what it amounts to."""
+        """Relay a stream and, once it ended complete, keep what it amounts to.
+
+        A client leaves as soon as it has read `data: [DONE]`, which may cancel this generator while the
+        relay still does its bookkeeping: an answer passed on up to its [DONE] is kept all the same."""
         events: list[bytes] | None = []
         size = 0
+        ended = False
         try:
             async for event in relay:
                 if events is not None:
@@ -205,9 +210,15 @@ class ResponseCache:
                     else:
                         events.append(event)
                 yield event
+            ended = True
         finally:
+            # Before any await: once the client is gone, every await here may be cancelled again.
+            if events and (ended or event_data(events[-1]) == b"[DONE]"):
+                self._keep_stream(key, target, upstream, events)
             await relay.aclose()
-        completion = assemble(events) if events is not None else None
+
+    def _keep_stream(self, key: str, target: Target, upstream: ChatStream, events: list[bytes]) -> None:
+        completion = assemble(events)
         if completion is None:
             return
         usage = upstream.usage or Usage.from_openai(completion.get("usage")) or Usage()

@@ -1,8 +1,9 @@
 """The response cache's Redis store (cache.store: redis, or auto with PORTWAY_REDIS_URL): SET with EX, GET.
 
 A client of its own (a small pool, apart from the limit counters' pool, so cached answers of a megabyte
-never queue behind admissions). Every operation is bounded by `op_timeout`; a failed read is a miss and a
-failed write is dropped (logged once per outage), so Redis trouble never fails a request here.
+never queue behind admissions). A read (on the request path) is bounded by `op_timeout`; a write (in the
+background, after the answer) by `write_timeout`, so a busy moment does not drop entries. A failed read is a
+miss and a failed write is dropped (logged once per outage), so Redis trouble never fails a request here.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ class RedisCacheStore:
         url: str,
         *,
         op_timeout: float = 0.5,
+        write_timeout: float = 5.0,
         connect_timeout: float = 2.0,
         prefix: str = "portway:cache:",
         max_connections: int = 16,
     ) -> None:
         self._redis = redis_client(url, max_connections=max_connections, connect_timeout=connect_timeout)
         self._timeout = op_timeout
+        self._write_timeout = max(op_timeout, write_timeout)
         self._prefix = prefix
         self._failing = False
 
@@ -51,7 +54,7 @@ class RedisCacheStore:
 
     async def put(self, key: str, value: bytes, ttl: float) -> None:
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._write_timeout):
                 await self._redis.set(self._prefix + key, value, px=max(1, int(ttl * 1000)))
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
