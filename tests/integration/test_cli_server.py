@@ -22,6 +22,10 @@ from portway.cli import app
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.server import PortwayProcess, free_port
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
 SLOW = 0.3  # seconds between streamed words
 
 
@@ -63,6 +67,18 @@ def cli_json(gw: PortwayProcess, *args: str, **env: str) -> Any:
     done = CliRunner().invoke(app, [*args, "--json"], env={**names, **settings})
     assert done.exit_code == 0, done.stderr
     return orjson.loads(done.stdout)
+
+
+def run(gw: PortwayProcess, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """A command run in this process, for tests about what it does rather than about the program (its
+    exit codes and stderr are checked as a subprocess by the chat and error tests above): a Python
+    start-up and import of the CLI cost ~0.5 s of CPU each. An uncaught exception (a traceback, in a
+    process) fails here."""
+    names = {k: None for k in os.environ if k.startswith("PORTWAY_")}
+    settings = {"PORTWAY_URL": gw.url, "PORTWAY_API_KEY": gw.master_key or "", "COLUMNS": "200", **env}
+    done = CliRunner().invoke(app, list(args), env={**names, **settings})
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
+    return subprocess.CompletedProcess(list(args), done.exit_code, done.stdout, done.stderr)
 
 
 def _one_line_error(done: subprocess.CompletedProcess[str], code: int, *parts: str) -> None:
@@ -189,12 +205,12 @@ def test_interactive_chat_through_a_terminal(gw: PortwayProcess, upstream: FakeU
 def test_models(gw: PortwayProcess) -> None:
     listed = cli_json(gw, "models")
     assert {"echo", "slow"} <= {m["id"] for m in listed["data"]}
-    done = cli(gw, "models")
+    done = run(gw, "models")
     assert done.returncode == 0 and "echo" in done.stdout and "slow" in done.stdout
 
 
 def test_health(gw: PortwayProcess) -> None:
-    done = cli(gw, "health", "--detailed")
+    done = run(gw, "health", "--detailed")
     assert done.returncode == 0, done.stderr
     assert f"portway {__version__} at {gw.url}" in done.stdout and "database" in done.stdout
     answer = cli_json(gw, "health", "--detailed")
@@ -206,7 +222,7 @@ def test_status(gw: PortwayProcess) -> None:
     assert answer["object"] == "status.detail" and answer["status"] in ("up", "degraded", "down")
     assert [p["provider"] for p in answer["providers"]] == ["up"]
     assert "k-cli" not in orjson.dumps(answer).decode()
-    done = cli(gw, "status")
+    done = run(gw, "status")
     assert done.returncode == 0, done.stderr
     assert "portway is" in done.stdout and "key breakers" in done.stdout and "1 closed" in done.stdout
     public = cli_json(gw, "status", PORTWAY_API_KEY="", PORTWAY_DATA_DIR=str(gw.workdir / "empty"))
@@ -220,23 +236,23 @@ def test_key_round_trip(gw: PortwayProcess) -> None:
     created = cli_json(gw, "keys", "create", "--name", "cli-test", "--rpm", "100", "--model", "echo")
     key, key_id = created["key"], created["id"]
     assert created["rpm"] == 100 and created["allowed_models"] == ["echo"]
-    done = cli(gw, "chat", "--model", "echo", "--key", key, "hi")
+    done = run(gw, "chat", "--model", "echo", "--key", key, "hi")
     assert done.returncode == 0 and done.stdout == "Echo: hi\n", done.stderr
-    _one_line_error(cli(gw, "chat", "--model", "slow", "--key", key, "hi"), 1, "403 model_not_allowed")
+    _one_line_error(run(gw, "chat", "--model", "slow", "--key", key, "hi"), 1, "403 model_not_allowed")
     assert cli_json(gw, "keys", "update", key_id, "--name", "renamed")["name"] == "renamed"
     assert cli_json(gw, "keys", "show", key_id)["name"] == "renamed"
-    revoked = cli(gw, "keys", "revoke", key_id)
+    revoked = run(gw, "keys", "revoke", key_id)
     assert revoked.returncode == 0 and f"revoked {key_id}" in revoked.stdout
-    _one_line_error(cli(gw, "chat", "--model", "echo", "--key", key, "hi"), 1, "401 invalid_api_key")
+    _one_line_error(run(gw, "chat", "--model", "echo", "--key", key, "hi"), 1, "401 invalid_api_key")
     listed = cli_json(gw, "keys", "list", "--revoked")
     assert key_id in {k["id"] for k in listed["data"]}
-    table = cli(gw, "keys", "list")
+    table = run(gw, "keys", "list")
     assert table.returncode == 0 and key_id in table.stdout and key not in table.stdout
-    _one_line_error(cli(gw, "keys", "show", "key_nope"), 1, "404")
+    _one_line_error(run(gw, "keys", "show", "key_nope"), 1, "404")
 
 
 def test_a_new_key_is_shown_once_and_clearly(gw: PortwayProcess) -> None:
-    done = cli(gw, "keys", "create", "--name", "shown")
+    done = run(gw, "keys", "create", "--name", "shown")
     assert done.returncode == 0, done.stderr
     assert "copy it now, it is not shown again" in done.stdout
     key = max(re.findall(r"sk-pw-[\w-]+", done.stdout), key=len)  # the key, not its display prefix
@@ -245,13 +261,13 @@ def test_a_new_key_is_shown_once_and_clearly(gw: PortwayProcess) -> None:
     assert key_id is not None
     rotated = cli_json(gw, "keys", "rotate", key_id.group())
     assert rotated["key"] != key and rotated["key"].startswith("sk-pw-")
-    assert key not in cli(gw, "keys", "show", key_id.group()).stdout
+    assert key not in run(gw, "keys", "show", key_id.group()).stdout
 
 
 def test_policies(gw: PortwayProcess) -> None:
     created = cli_json(gw, "policies", "create", "cli-pol", "--period-days", "1")
     first = created["api_key"]
-    current = cli(gw, "policies", "current", "cli-pol")
+    current = run(gw, "policies", "current", "cli-pol")
     assert current.returncode == 0 and current.stdout == first + "\n"
     rotated = cli_json(gw, "policies", "rotate", "cli-pol")
     assert rotated["api_key"] != first
@@ -265,15 +281,15 @@ def test_users(gw: PortwayProcess) -> None:
     assert cli_json(gw, "users", "update", user["id"], "--disabled")["disabled"] is True
     listed = cli_json(gw, "users", "list", "--email", "cli@example.com")
     assert [u["id"] for u in listed["data"]] == [user["id"]]
-    _one_line_error(cli(gw, "users", "create", "not-an-email"), 1, "400")
+    _one_line_error(run(gw, "users", "create", "not-an-email"), 1, "400")
 
 
 def test_usage(gw: PortwayProcess) -> None:
-    assert cli(gw, "chat", "--model", "echo", "count me").returncode == 0
+    assert run(gw, "chat", "--model", "echo", "count me").returncode == 0
     headers = gw.headers()
 
     def counted() -> bool:  # the request log is written in the background (every 200 ms)
-        answer = httpx.get(gw.url + "/admin/usage", params={"group_by": "model"}, headers=headers).json()
+        answer = HTTP.get(gw.url + "/admin/usage", params={"group_by": "model"}, headers=headers).json()
         return bool(answer.get("totals", {}).get("requests"))
 
     until = time.monotonic() + 10
@@ -282,7 +298,7 @@ def test_usage(gw: PortwayProcess) -> None:
     answer = cli_json(gw, "usage", "--by", "model", "--since", "1d")
     assert answer["object"] == "usage" and answer["group_by"] == "model"
     assert answer["totals"]["requests"] >= 1 and answer["groups"]
-    done = cli(gw, "usage", "--by", "model")
+    done = run(gw, "usage", "--by", "model")
     assert done.returncode == 0, done.stderr
     assert "total" in done.stdout and "█" in done.stdout
-    _one_line_error(cli(gw, "usage", "--api-key", "sk-pw-not-a-key"), 1, "401")
+    _one_line_error(run(gw, "usage", "--api-key", "sk-pw-not-a-key"), 1, "401")

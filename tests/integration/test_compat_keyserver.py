@@ -17,6 +17,10 @@ import requests
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.server import PortwayProcess
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
 ADMIN_SECRET = "test-admin-secret"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -47,7 +51,7 @@ def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def current_key(gw: PortwayProcess) -> str:
-    resp = httpx.get(gw.url + "/current-key", headers={"admin-secret": ADMIN_SECRET})
+    resp = HTTP.get(gw.url + "/current-key", headers={"admin-secret": ADMIN_SECRET})
     assert resp.status_code == 200
     key: str = resp.json()["api_key"]
     return key
@@ -55,7 +59,7 @@ def current_key(gw: PortwayProcess) -> str:
 
 def test_current_key(gw: PortwayProcess) -> None:
     # curl -X GET https://your-render-app.onrender.com/current-key -H "admin-secret: YOUR_ADMIN_SECRET"
-    resp = httpx.get(gw.url + "/current-key", headers={"admin-secret": ADMIN_SECRET})
+    resp = HTTP.get(gw.url + "/current-key", headers={"admin-secret": ADMIN_SECRET})
     assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
     body = resp.json()
     assert set(body) == {"api_key", "expiry"} and body["api_key"].startswith("sk-")
@@ -65,7 +69,7 @@ def test_current_key(gw: PortwayProcess) -> None:
 
 @pytest.mark.parametrize("headers", [{}, {"admin-secret": "wrong"}, {"admin-secret": ADMIN_SECRET + "x"}])
 def test_current_key_needs_the_admin_secret(gw: PortwayProcess, headers: dict[str, str]) -> None:
-    resp = httpx.get(gw.url + "/current-key", headers=headers)
+    resp = HTTP.get(gw.url + "/current-key", headers=headers)
     assert resp.status_code == 401 and resp.json() == {"detail": "Invalid admin secret"}
     assert ADMIN_SECRET not in resp.text
 
@@ -73,7 +77,7 @@ def test_current_key_needs_the_admin_secret(gw: PortwayProcess, headers: dict[st
 @pytest.mark.parametrize(("path", "model"), [("/chat", "llama3-70b"), ("/local-chat", "tinyllama")])
 def test_curl_chat(gw: PortwayProcess, upstream: FakeUpstream, path: str, model: str) -> None:
     key = current_key(gw)
-    resp = httpx.post(
+    resp = HTTP.post(
         gw.url + path,
         headers={"x-api-key": key, "Content-Type": "application/json"},
         content=b'{"prompt": "Hello, how are you?"}',
@@ -144,7 +148,7 @@ def test_the_seeds_bash_client(gw: PortwayProcess) -> None:
 
 
 def _chat(gw: PortwayProcess, key: str) -> httpx.Response:
-    return httpx.post(gw.url + "/chat", headers={"x-api-key": key}, json={"prompt": "Hi"})
+    return HTTP.post(gw.url + "/chat", headers={"x-api-key": key}, json={"prompt": "Hi"})
 
 
 def test_only_the_rotating_key_is_accepted(gw: PortwayProcess) -> None:
@@ -156,7 +160,7 @@ def test_only_the_rotating_key_is_accepted(gw: PortwayProcess) -> None:
 def test_a_prompt_is_required(gw: PortwayProcess) -> None:
     key = current_key(gw)
     for body in ({}, {"prompt": ""}, {"prompt": 3}):
-        resp = httpx.post(gw.url + "/chat", headers={"x-api-key": key}, json=body)
+        resp = HTTP.post(gw.url + "/chat", headers={"x-api-key": key}, json=body)
         assert resp.status_code == 400 and "prompt" in resp.json()["detail"]
 
 
@@ -164,7 +168,7 @@ def test_the_previous_key_gets_401_after_rotation(gw: PortwayProcess) -> None:
     old = current_key(gw)
     assert _chat(gw, old).status_code == 200
     admin = {"Authorization": f"Bearer {gw.master_key}"}
-    rotated = httpx.post(gw.url + "/admin/key-policies/compat-keyserver/rotate", headers=admin)
+    rotated = HTTP.post(gw.url + "/admin/key-policies/compat-keyserver/rotate", headers=admin)
     assert rotated.status_code == 200, rotated.text
     new = current_key(gw)
     assert new != old
@@ -175,7 +179,7 @@ def test_the_previous_key_gets_401_after_rotation(gw: PortwayProcess) -> None:
 
 def test_the_policy_rotates_every_rotation_days(gw: PortwayProcess) -> None:
     admin = {"Authorization": f"Bearer {gw.master_key}"}
-    resp = httpx.get(gw.url + "/admin/key-policies", headers=admin)
+    resp = HTTP.get(gw.url + "/admin/key-policies", headers=admin)
     assert resp.status_code == 200
     policies = resp.json()["data"]
     policy = next(p for p in policies if p["name"] == "compat-keyserver")
@@ -183,18 +187,18 @@ def test_the_policy_rotates_every_rotation_days(gw: PortwayProcess) -> None:
 
 
 def test_health_carries_every_seed_field(gw: PortwayProcess) -> None:
-    body = httpx.get(gw.url + "/health").json()
+    body = HTTP.get(gw.url + "/health").json()
     assert body["status"] == "healthy" and ISO.match(body["timestamp"])
     assert body["service"] == "portway" and isinstance(body["version"], str)
 
 
 def test_cheppu_under_a_prefix_with_auth_key(gw: PortwayProcess) -> None:
     body = {"type": "chat", "model": "fast", "messages": [{"role": "user", "content": "Hello"}]}
-    resp = httpx.post(gw.url + "/cheppu/", json=body)
+    resp = HTTP.post(gw.url + "/cheppu/", json=body)
     assert resp.status_code == 401 and isinstance(resp.json()["error"], str)
-    resp = httpx.post(gw.url + "/cheppu/", json=body, headers={"x-api-key": gw.master_key or ""})
+    resp = HTTP.post(gw.url + "/cheppu/", json=body, headers={"x-api-key": gw.master_key or ""})
     assert resp.status_code == 200 and resp.json()["used_model"] == "llama3-70b"
-    assert httpx.get(gw.url + "/cheppu/").json()["status"] == "running"
-    missing = httpx.get(gw.url + "/cheppu/nope")
+    assert HTTP.get(gw.url + "/cheppu/").json()["status"] == "running"
+    missing = HTTP.get(gw.url + "/cheppu/nope")
     assert missing.status_code == 404 and missing.json() == {"error": "Not found"}
-    assert httpx.post(gw.url + "/", json=body).status_code in (404, 405)  # nothing at the root
+    assert HTTP.post(gw.url + "/", json=body).status_code in (404, 405)  # nothing at the root

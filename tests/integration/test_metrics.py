@@ -17,6 +17,10 @@ from portway.settings import Settings
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.server import MASTER_KEY, PortwayProcess
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
 MSGS = [{"role": "user", "content": "count my tokens please"}]
 
 
@@ -43,7 +47,7 @@ def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def _scrape(gw: PortwayProcess) -> dict[str, Any]:
-    resp = httpx.get(gw.url + "/metrics", headers=gw.headers(), timeout=10)
+    resp = HTTP.get(gw.url + "/metrics", headers=gw.headers(), timeout=10)
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("text/plain")
     return {f.name: f for f in text_string_to_metric_families(resp.text)}
@@ -59,12 +63,12 @@ def _value(families: dict[str, Any], family: str, sample: str, **labels: str) ->
 
 def _chat(gw: PortwayProcess, model: str, **extra: Any) -> httpx.Response:
     body = {"model": model, "messages": MSGS, **extra}
-    return httpx.post(gw.base_url + "/chat/completions", json=body, headers=gw.headers(), timeout=20)
+    return HTTP.post(gw.base_url + "/chat/completions", json=body, headers=gw.headers(), timeout=20)
 
 
 def test_metrics_needs_the_admin_key(gw: PortwayProcess) -> None:
-    assert httpx.get(gw.url + "/metrics", timeout=10).status_code == 401
-    wrong = httpx.get(gw.url + "/metrics", headers=gw.headers("sk-pw-nope"), timeout=10)
+    assert HTTP.get(gw.url + "/metrics", timeout=10).status_code == 401
+    wrong = HTTP.get(gw.url + "/metrics", headers=gw.headers("sk-pw-nope"), timeout=10)
     assert wrong.status_code == 401
     assert "x-request-id" in wrong.headers  # every answer carries one, errors included
 
@@ -72,7 +76,7 @@ def test_metrics_needs_the_admin_key(gw: PortwayProcess) -> None:
 def test_requests_tokens_cost_latency_and_errors(gw: PortwayProcess, upstream: FakeUpstream) -> None:
     for _ in range(3):
         assert _chat(gw, "metered").status_code == 200
-    with httpx.stream(
+    with HTTP.stream(
         "POST",
         gw.base_url + "/chat/completions",
         json={"model": "metered", "messages": MSGS, "stream": True},
@@ -107,7 +111,7 @@ def test_requests_tokens_cost_latency_and_errors(gw: PortwayProcess, upstream: F
     assert "portway_usage_backlog" in fams and "portway_in_flight_requests" in fams
     assert "portway_usage_dropped" in fams
     # Bounded labels: no key, no principal, no client-chosen model name.
-    text = httpx.get(gw.url + "/metrics", headers=gw.headers(), timeout=10).text
+    text = HTTP.get(gw.url + "/metrics", headers=gw.headers(), timeout=10).text
     assert "broken-model" not in text and MASTER_KEY not in text and "k-metrics" not in text
 
 

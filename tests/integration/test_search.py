@@ -23,6 +23,10 @@ from tests.integration.server import PortwayProcess, free_port
 from tests.integration.test_limits_gateway import create_key
 from tests.integration.test_responses_api import wait_row
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
 
 @pytest.fixture(scope="module")
 def searxng() -> Iterator[FakeSearxng]:
@@ -39,7 +43,7 @@ def gw(searxng: FakeSearxng, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def _search(gw: PortwayProcess, key: str | None = None, **params: Any) -> httpx.Response:
-    return httpx.get(gw.url + "/v1/search", params=params, headers=gw.headers(key), timeout=10)
+    return HTTP.get(gw.url + "/v1/search", params=params, headers=gw.headers(key), timeout=10)
 
 
 def test_answers_results_in_portways_shape(gw: PortwayProcess, searxng: FakeSearxng) -> None:
@@ -85,7 +89,7 @@ def test_a_repeated_query_is_answered_from_the_cache(gw: PortwayProcess, searxng
 
 
 def test_needs_a_key(gw: PortwayProcess) -> None:
-    r = httpx.get(gw.url + "/v1/search", params={"q": "x"})
+    r = HTTP.get(gw.url + "/v1/search", params={"q": "x"})
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "invalid_api_key"
 
@@ -128,7 +132,7 @@ def test_backend_failures_have_stable_codes(gw: PortwayProcess, query: str, stat
 
 
 def test_each_search_has_a_request_log_row(gw: PortwayProcess) -> None:
-    r = httpx.get(
+    r = HTTP.get(
         gw.url + "/v1/search",
         params={"q": "logged query"},
         headers={**gw.headers(), "x-request-id": "search-log-1"},
@@ -137,7 +141,7 @@ def test_each_search_has_a_request_log_row(gw: PortwayProcess) -> None:
     row = wait_row(gw, "search-log-1")
     assert row["endpoint"] == "search" and row["provider"] == "searxng" and row["status"] == 200
     assert row["cost_usd"] == 0 and row["principal"] == "master"
-    failed = httpx.get(
+    failed = HTTP.get(
         gw.url + "/v1/search",
         params={"q": "fail500 logged"},
         headers={**gw.headers(), "x-request-id": "search-log-2"},

@@ -23,6 +23,10 @@ from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
 CAP = 4  # history.max_sessions_per_owner: each test makes its own key, so owners never share the cap
 
 
@@ -40,7 +44,7 @@ def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def _new_key(gw: PortwayProcess) -> dict[str, str]:
-    made = httpx.post(gw.url + "/admin/keys", json={"name": "history"}, headers=gw.headers())
+    made = HTTP.post(gw.url + "/admin/keys", json={"name": "history"}, headers=gw.headers())
     assert made.status_code == 201, made.text
     return {"Authorization": f"Bearer {made.json()['key']}"}
 
@@ -62,11 +66,11 @@ def _chat(
     headers = {**auth, **({"x-portway-session": session} if session else {})}
     headers.update(extra.pop("headers", {}))
     body = {"model": model, "messages": messages, **extra}
-    return httpx.post(gw.base_url + "/chat/completions", json=body, headers=headers, timeout=10)
+    return HTTP.post(gw.base_url + "/chat/completions", json=body, headers=headers, timeout=10)
 
 
 def _get(gw: PortwayProcess, auth: dict[str, str], sid: str, **params: Any) -> httpx.Response:
-    return httpx.get(f"{gw.base_url}/sessions/{sid}", params=params, headers=auth)
+    return HTTP.get(f"{gw.base_url}/sessions/{sid}", params=params, headers=auth)
 
 
 def _messages(gw: PortwayProcess, auth: dict[str, str], sid: str) -> list[dict[str, Any]]:
@@ -84,26 +88,26 @@ def _sent(upstream: FakeUpstream) -> list[dict[str, Any]]:
 
 
 def test_create_list_get_delete(gw: PortwayProcess, key: dict[str, str]) -> None:
-    made = httpx.post(gw.base_url + "/sessions", json={"title": "Trip", "metadata": {"k": 1}}, headers=key)
+    made = HTTP.post(gw.base_url + "/sessions", json={"title": "Trip", "metadata": {"k": 1}}, headers=key)
     assert made.status_code == 201, made.text
     session = made.json()
     assert session["object"] == "chat.session" and session["id"].startswith("sess_")
     assert (session["title"], session["metadata"], session["message_count"]) == ("Trip", {"k": 1}, 0)
-    own = httpx.post(gw.base_url + "/sessions", json={"id": "mine-1"}, headers=key)
+    own = HTTP.post(gw.base_url + "/sessions", json={"id": "mine-1"}, headers=key)
     assert own.status_code == 201
-    again = httpx.post(gw.base_url + "/sessions", json={"id": "mine-1", "title": "x"}, headers=key)
+    again = HTTP.post(gw.base_url + "/sessions", json={"id": "mine-1", "title": "x"}, headers=key)
     assert again.status_code == 200 and again.json()["title"] is None  # the existing one, unchanged
 
-    listed = httpx.get(gw.base_url + "/sessions", headers=key).json()
+    listed = HTTP.get(gw.base_url + "/sessions", headers=key).json()
     assert {s["id"] for s in listed["data"]} == {session["id"], "mine-1"} and listed["has_more"] is False
-    page = httpx.get(gw.base_url + "/sessions", params={"limit": 1}, headers=key).json()
+    page = HTTP.get(gw.base_url + "/sessions", params={"limit": 1}, headers=key).json()
     assert len(page["data"]) == 1 and page["has_more"] is True
 
     got = _get(gw, key, session["id"])
     assert got.status_code == 200 and got.json()["messages"] == [] and got.json()["has_more"] is False
-    gone = httpx.delete(f"{gw.base_url}/sessions/{session['id']}", headers=key)
+    gone = HTTP.delete(f"{gw.base_url}/sessions/{session['id']}", headers=key)
     assert gone.json() == {"id": session["id"], "object": "chat.session.deleted", "deleted": True}
-    for response in (_get(gw, key, session["id"]), httpx.delete(f"{gw.base_url}/sessions/x1", headers=key)):
+    for response in (_get(gw, key, session["id"]), HTTP.delete(f"{gw.base_url}/sessions/x1", headers=key)):
         assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
@@ -164,7 +168,7 @@ def test_failed_or_broken_answers_append_nothing(gw: PortwayProcess, key: dict[s
     assert failed.status_code == 503
     assert _get(gw, key, "f-1").status_code == 404  # the session was never created
     assert _chat(gw, key, [_user("first")], session="f-2").status_code == 200
-    with httpx.stream(
+    with HTTP.stream(
         "POST",
         gw.base_url + "/chat/completions",
         json={"model": "up/fake-model@cut", "messages": [_user("cut me")], "stream": True},
@@ -182,13 +186,13 @@ def test_another_principals_session_is_404(gw: PortwayProcess, key: dict[str, st
         _chat(gw, other, [_user("let me in")], session="own-1"),
         _chat(gw, other, [_user("let me in")], metadata={"session_id": "own-1"}),
         _get(gw, other, "own-1"),
-        httpx.delete(gw.base_url + "/sessions/own-1", headers=other),
-        httpx.post(gw.base_url + "/sessions", json={"id": "own-1"}, headers=other),
+        HTTP.delete(gw.base_url + "/sessions/own-1", headers=other),
+        HTTP.post(gw.base_url + "/sessions", json={"id": "own-1"}, headers=other),
     ):
         assert response.status_code == 404, response.text
         assert response.json()["error"]["code"] == "not_found"
     assert len(_messages(gw, key, "own-1")) == 2
-    assert httpx.get(gw.base_url + "/sessions", headers=other).json()["data"] == []
+    assert HTTP.get(gw.base_url + "/sessions", headers=other).json()["data"] == []
     # The master key is a principal of its own, not an administrator of everybody's history.
     assert _get(gw, gw.headers(), "own-1").status_code == 404
 
@@ -199,14 +203,14 @@ def test_bad_ids_and_auth(gw: PortwayProcess, key: dict[str, str]) -> None:
         assert r.status_code == 400 and r.json()["error"]["param"] == "session_id", bad
     assert _chat(gw, key, [_user("hi")], metadata={"session_id": 7}).status_code == 400
     assert _get(gw, key, "bad%20id").status_code == 400
-    made = httpx.post(gw.base_url + "/sessions", json={"id": "no/slash"}, headers=key)
+    made = HTTP.post(gw.base_url + "/sessions", json={"id": "no/slash"}, headers=key)
     assert made.status_code == 400
     assert (
         _chat(gw, key, [_user("hi")], session="ok-1", headers={"x-portway-history": "maybe"}).status_code
         == 400
     )
-    assert httpx.get(gw.base_url + "/sessions").status_code == 401
-    assert httpx.get(gw.base_url + "/sessions", params={"limit": 0}).status_code == 401  # auth comes first
+    assert HTTP.get(gw.base_url + "/sessions").status_code == 401
+    assert HTTP.get(gw.base_url + "/sessions", params={"limit": 0}).status_code == 401  # auth comes first
     big = _chat(gw, key, [_user("x" * 5000)], session="ok-1")
     assert big.status_code == 400 and "history.max_message_bytes" in big.json()["error"]["message"]
 
@@ -257,20 +261,20 @@ def test_prepend_adds_stored_messages(
 
 def test_session_cap_per_owner(gw: PortwayProcess, key: dict[str, str]) -> None:
     for _ in range(CAP - 1):
-        assert httpx.post(gw.base_url + "/sessions", json={}, headers=key).status_code == 201
+        assert HTTP.post(gw.base_url + "/sessions", json={}, headers=key).status_code == 201
     assert _chat(gw, key, [_user("the last one")], session="cap-last").status_code == 200
-    refused = httpx.post(gw.base_url + "/sessions", json={}, headers=key)
+    refused = HTTP.post(gw.base_url + "/sessions", json={}, headers=key)
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "session_limit_reached"
     chat = _chat(gw, key, [_user("one more")], session="cap-more")
     assert chat.status_code == 400 and chat.json()["error"]["code"] == "session_limit_reached"
     assert _chat(gw, key, [_user("an existing one")], session="cap-last").status_code == 200
-    assert httpx.delete(gw.base_url + "/sessions/cap-last", headers=key).status_code == 200
+    assert HTTP.delete(gw.base_url + "/sessions/cap-last", headers=key).status_code == 200
     assert _chat(gw, key, [_user("room again")], session="cap-more").status_code == 200
 
 
 def test_no_session_no_history(gw: PortwayProcess, key: dict[str, str]) -> None:
     assert _chat(gw, key, [_user("plain")], metadata={"tag": "x"}).status_code == 200
-    assert httpx.get(gw.base_url + "/sessions", headers=key).json()["data"] == []
+    assert HTTP.get(gw.base_url + "/sessions", headers=key).json()["data"] == []
 
 
 def test_responses_api_appends_with_the_header(gw: PortwayProcess, key: dict[str, str]) -> None:
@@ -335,7 +339,7 @@ def test_history_on_postgres_is_written_before_shutdown(
     try:
         auth = gw.headers()
         assert _chat(gw, auth, [_user("on postgres")], session="pg-1").status_code == 200
-        with httpx.stream(
+        with HTTP.stream(
             "POST",
             gw.base_url + "/chat/completions",
             json={"model": "direct", "messages": [_user("streamed")], "stream": True},

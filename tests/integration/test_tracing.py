@@ -21,6 +21,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.server import PortwayProcess
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 MSGS = [{"role": "user", "content": "trace me"}]
@@ -117,7 +121,7 @@ def _chat(gw: PortwayProcess, model: str, traceparent: str | None = None) -> htt
     if traceparent:
         headers["traceparent"] = traceparent
     body = {"model": model, "messages": MSGS}
-    return httpx.post(gw.base_url + "/chat/completions", json=body, headers=headers, timeout=20)
+    return HTTP.post(gw.base_url + "/chat/completions", json=body, headers=headers, timeout=20)
 
 
 def test_request_span_parented_by_traceparent_with_attempt_child(

@@ -29,6 +29,10 @@ from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import _pg_admin, gateway_config
 from tests.integration.server import PortwayProcess
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
 DAY = 86400
 BASE = (int(time.time()) // DAY - 5) * DAY  # midnight UTC five days ago: day 1 of the seeded window
 WINDOW = {"since": str(BASE), "until": str(BASE + 2 * DAY)}
@@ -132,14 +136,14 @@ def _start(tmp: Any, upstream: FakeUpstream, db_url: str | None) -> Seeded:
     env = {"PORTWAY_DATABASE_URL": db_url} if db_url else None
     gw = PortwayProcess(tmp, gateway_config(upstream), env=env)
     h = gw.headers()
-    user = httpx.post(
+    user = HTTP.post(
         gw.url + "/admin/users", json={"email": "u@example.com", "password": "secret-pass-1"}, headers=h
     )
     assert user.status_code == 201, user.text
     uid = user.json()["id"]
-    a = httpx.post(gw.url + "/admin/keys", json={"name": "a", "user_id": uid}, headers=h).json()
-    b = httpx.post(gw.url + "/admin/keys", json={"name": "b"}, headers=h).json()
-    login = httpx.post(gw.url + "/auth/login", json={"email": "u@example.com", "password": "secret-pass-1"})
+    a = HTTP.post(gw.url + "/admin/keys", json={"name": "a", "user_id": uid}, headers=h).json()
+    b = HTTP.post(gw.url + "/admin/keys", json={"name": "b"}, headers=h).json()
+    login = HTTP.post(gw.url + "/auth/login", json={"email": "u@example.com", "password": "secret-pass-1"})
     assert login.status_code == 200, login.text
     records = _seed_records(a["id"], b["id"], uid)
     spread = _spread(random.Random(15))
@@ -192,7 +196,7 @@ def seeded(
 
 
 def _get(s: Seeded, path: str, auth: str | None = None, **params: Any) -> httpx.Response:
-    return httpx.get(s.gw.url + path, params=params, headers=s.gw.headers(auth), timeout=20)
+    return HTTP.get(s.gw.url + path, params=params, headers=s.gw.headers(auth), timeout=20)
 
 
 def _expected(rows: list[UsageRecord]) -> dict[str, Any]:
@@ -318,12 +322,12 @@ def test_bad_input_is_a_400_naming_the_parameter(seeded: Seeded, params: dict[st
 
 
 def test_admin_usage_needs_an_admin(seeded: Seeded) -> None:
-    assert httpx.get(seeded.gw.url + "/admin/usage").status_code == 401
+    assert HTTP.get(seeded.gw.url + "/admin/usage").status_code == 401
     for key in (seeded.key_a, seeded.key_b, seeded.user_token):
         r = _get(seeded, "/admin/usage", key)
         assert r.status_code == 403
         assert r.json()["error"]["code"] == "permission_denied"
-    assert httpx.get(seeded.gw.url + "/v1/usage").status_code == 401
+    assert HTTP.get(seeded.gw.url + "/v1/usage").status_code == 401
 
 
 def test_a_key_sees_only_its_own_usage(seeded: Seeded) -> None:
@@ -370,7 +374,7 @@ def test_csv_export_of_groups_and_rows(seeded: Seeded) -> None:
     assert {row["model"]: int(row["requests"]) for row in table} == {"m-a": 12, "m-b": 5, "e-1": 3}
     assert set(table[0]) >= {"cost_usd", "latency_ms_p95", "ttft_ms_p50", "errors"}
     # Accept: text/csv without group_by exports the rows themselves.
-    rows = httpx.get(
+    rows = HTTP.get(
         seeded.gw.url + "/admin/usage",
         params=WINDOW,
         headers={**seeded.gw.headers(), "Accept": "text/csv"},
@@ -385,8 +389,8 @@ def test_real_traffic_is_reported_with_ttft_for_streams(seeded: Seeded) -> None:
     chat = seeded.gw.base_url + "/chat/completions"
     h = seeded.gw.headers(seeded.key_b)
     msg = {"model": "direct", "messages": [{"role": "user", "content": "hi"}]}
-    assert httpx.post(chat, json=msg, headers=h, timeout=20).status_code == 200
-    with httpx.stream("POST", chat, json={**msg, "stream": True}, headers=h, timeout=20) as s:
+    assert HTTP.post(chat, json=msg, headers=h, timeout=20).status_code == 200
+    with HTTP.stream("POST", chat, json={**msg, "stream": True}, headers=h, timeout=20) as s:
         assert s.status_code == 200
         s.read()
     deadline = time.monotonic() + 10
