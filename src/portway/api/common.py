@@ -17,7 +17,9 @@ from portway.identity.auth import Principal, bearer_token
 from portway.runtime import Runtime
 from portway.services.chat import ChatReply, RequestContext
 from portway.services.history import named_session
+from portway.services.media import MediaReply
 from portway.telemetry.logs import REQUEST_ID, new_request_id
+from portway.usage.cost import COST_HEADER, cost_header
 
 
 def runtime(request: Request) -> Runtime:
@@ -131,15 +133,18 @@ def request_context(
 
 
 async def chat_reply(
-    request: Request, payload: dict[str, Any], ctx: RequestContext
+    request: Request,
+    payload: dict[str, Any],
+    ctx: RequestContext,
+    messages: dict[str, Any] | None = None,
 ) -> tuple[ChatReply, Departure] | None:
     """A chat completion through ChatService, cancelled if the client leaves before the answer (recorded by
     the service as 499; None here). A stream is to be sent with `EventStream(..., departure)`, which stays
-    armed for it; for any other answer it is disarmed."""
+    armed for it; for any other answer it is disarmed. `messages`: see ChatService.chat."""
     departure = Departure()
     departure.arm(request.scope, request.receive)  # the body is read: `receive` only reports a disconnect
     try:
-        reply = await runtime(request).chat.chat(payload, ctx)
+        reply = await runtime(request).chat.chat(payload, ctx, messages)
     except asyncio.CancelledError:
         if departure.forgive():
             return None
@@ -150,3 +155,17 @@ async def chat_reply(
     if reply.stream is None:
         departure.disarm()
     return reply, departure
+
+
+def reply_headers(reply: ChatReply | MediaReply, request_id: str) -> dict[str, str]:
+    """The headers every answer of a protocol route carries: who served it, the request id, the caller's
+    x-ratelimit-* and, when known before the body, its cost."""
+    headers = {
+        "x-portway-provider": reply.provider,
+        "x-portway-model": reply.model,
+        "x-request-id": request_id,
+        **(reply.headers or {}),
+    }
+    if reply.cost is not None:
+        headers[COST_HEADER] = cost_header(reply.cost)
+    return headers

@@ -14,11 +14,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from portway.api.common import authenticate, chat_reply, request_context
+from portway.api.common import authenticate, chat_reply, reply_headers, request_context
 from portway.api.departure import EventStream
 from portway.api.validation import parse_json_object, validate_chat
 from portway.protocols.completions import CompletionStream, chat_request, completion_body
-from portway.usage.cost import COST_HEADER, cost_header
 
 router = APIRouter(tags=["openai"])
 
@@ -58,14 +57,7 @@ async def completions(request: Request) -> Response:
     if done is None:
         return Response(status_code=499)  # the client left: recorded by the service, nobody to answer
     reply, departure = done
-    headers = {
-        "x-portway-provider": reply.provider,
-        "x-portway-model": reply.model,
-        "x-request-id": ctx.request_id,
-        **(reply.headers or {}),
-    }
-    if reply.cost is not None:
-        headers[COST_HEADER] = cost_header(reply.cost)
+    headers = reply_headers(reply, ctx.request_id)
     if reply.stream is None:
         return Response(completion_body(reply.body or b"{}"), headers=headers, media_type="application/json")
     return EventStream(_translated(reply.stream), headers, departure)

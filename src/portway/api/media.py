@@ -22,14 +22,13 @@ from fastapi.responses import Response
 from PIL import Image, UnidentifiedImageError
 from starlette.requests import ClientDisconnect
 
-from portway.api.common import authenticate, request_context, runtime
+from portway.api.common import authenticate, reply_headers, request_context, runtime
 from portway.api.departure import Departure, EventStream
 from portway.api.uploads import Form, multipart_form
 from portway.api.validation import parse_json_object
 from portway.errors import UnsupportedMediaType, ValidationError
 from portway.providers.media import Task, Upload
 from portway.services.chat import RequestContext
-from portway.usage.cost import COST_HEADER, cost_header
 
 router = APIRouter(tags=["media"])
 
@@ -132,14 +131,7 @@ async def _serve(
     except BaseException:
         departure.disarm()
         raise
-    headers = {
-        "x-portway-provider": reply.provider,
-        "x-portway-model": reply.model,
-        "x-request-id": ctx.request_id,
-        **(reply.headers or {}),
-    }
-    if reply.cost is not None:
-        headers[COST_HEADER] = cost_header(reply.cost)
+    headers = reply_headers(reply, ctx.request_id)
     if reply.stream is None:
         departure.disarm()
         return Response(reply.body or b"", headers=headers, media_type=reply.content_type)

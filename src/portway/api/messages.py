@@ -15,7 +15,6 @@ upstream and writes no request-log row; an unknown model is still a 404 and a mo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -27,17 +26,19 @@ from fastapi.responses import Response
 
 from portway.api.common import (
     authenticate,
+    chat_reply,
     json_response,
+    reply_headers,
     request_context,
     request_id,
     runtime,
 )
-from portway.api.departure import Departure, EventStream
+from portway.api.departure import EventStream
 from portway.api.validation import parse_json_object, validate_chat
 from portway.errors import PortwayError
 from portway.protocols import messages as protocol
 from portway.services.chat import RequestContext
-from portway.usage.cost import COST_HEADER, cost_header, prompt_tokens_estimate
+from portway.usage.cost import prompt_tokens_estimate
 
 log = logging.getLogger("portway.api")
 router = APIRouter(tags=["anthropic"])
@@ -144,30 +145,15 @@ async def _serve(
     A target whose provider speaks the Messages API itself (`speaks_messages`: Anthropic) gets the client's
     body untranslated, and its answer goes back as it came."""
     rt = runtime(request)
-    departure = Departure()
-    departure.arm(request.scope, request.receive)  # the body is read: `receive` only reports a disconnect
-    try:
-        reply = await rt.chat.chat(payload, ctx, messages=body)
-    except asyncio.CancelledError:
-        if departure.forgive():
-            return Response(status_code=499)  # the client left: recorded by the service, nobody to answer
-        raise
-    except BaseException:
-        departure.disarm()
-        raise
-    headers = {
-        "x-portway-provider": reply.provider,
-        "x-portway-model": reply.model,
-        "x-request-id": ctx.request_id,
-        "request-id": ctx.request_id,  # Anthropic's name for it (the SDK shows it as `_request_id`)
-        **(reply.headers or {}),
-    }
-    if reply.cost is not None:
-        headers[COST_HEADER] = cost_header(reply.cost)
+    done = await chat_reply(request, payload, ctx, messages=body)
+    if done is None:
+        return Response(status_code=499)  # the client left: recorded by the service, nobody to answer
+    reply, departure = done
+    headers = reply_headers(reply, ctx.request_id)
+    headers["request-id"] = ctx.request_id  # Anthropic's name for it (the SDK shows it as `_request_id`)
     passthrough = getattr(rt.providers.get(reply.provider), "speaks_messages", False)
     stop = payload.get("stop") or ()
     if reply.stream is None:
-        departure.disarm()
         if passthrough:
             return Response(reply.body or b"", headers=headers, media_type="application/json")
         completion = orjson.loads(reply.body or b"{}")

@@ -9,7 +9,6 @@ id is a 404, as if it did not exist.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncGenerator
@@ -19,8 +18,15 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from portway.api.common import authenticate, json_response, request_context, runtime
-from portway.api.departure import Departure, EventStream
+from portway.api.common import (
+    authenticate,
+    chat_reply,
+    json_response,
+    reply_headers,
+    request_context,
+    runtime,
+)
+from portway.api.departure import EventStream
 from portway.api.validation import parse_json_object
 from portway.errors import NotFound, UnsupportedMediaType, ValidationError
 from portway.identity.auth import Principal
@@ -32,7 +38,6 @@ from portway.protocols.responses import (
 )
 from portway.protocols.responses_stream import StreamTranslator
 from portway.stores.sql.responses import ResponseStore, StoredResponse
-from portway.usage.cost import COST_HEADER, cost_header
 
 router = APIRouter(tags=["responses"])
 
@@ -58,27 +63,12 @@ async def create_response(request: Request) -> Response:
     # history of a previous response included.
     size = len(orjson.dumps(chat)) if history else len(raw)
     ctx = request_context(request, principal, started, size, endpoint="responses")
-    departure = Departure()
-    departure.arm(request.scope, request.receive)  # the body is read: `receive` only reports a disconnect
-    try:
-        reply = await rt.chat.chat(chat, ctx)
-    except asyncio.CancelledError:
-        if departure.forgive():
-            return Response(status_code=499)  # the client left: the chat service recorded it
-        raise
-    except BaseException:
-        departure.disarm()
-        raise
-    headers = {
-        "x-portway-provider": reply.provider,
-        "x-portway-model": reply.model,
-        "x-request-id": ctx.request_id,
-        **(reply.headers or {}),
-    }
-    if reply.cost is not None:
-        headers[COST_HEADER] = cost_header(reply.cost)
+    done = await chat_reply(request, chat, ctx)
+    if done is None:
+        return Response(status_code=499)  # the client left: the chat service recorded it
+    reply, departure = done
+    headers = reply_headers(reply, ctx.request_id)
     if reply.stream is None:
-        departure.disarm()
         response = response_from_chat(req, reply.body or b"{}", int(time.time()))
         if req.store:
             rt.responses.save_later(_stored(req, principal, response))  # in flight as the answer leaves
