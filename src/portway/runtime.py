@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -43,6 +42,7 @@ from portway.stores.sql.responses import ResponseStore
 from portway.stores.sql.sessions import SessionStore
 from portway.stores.sql.status import StatusStore
 from portway.stores.sql.videos import VideoJobStore
+from portway.tasks import stop
 from portway.telemetry.metrics import RequestMetrics, Sampler
 from portway.telemetry.tracing import Tracer
 from portway.usage.cost import Pricing, bundled_table
@@ -224,9 +224,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         for task in self._bg:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await stop(task)
         # Each step runs even if an earlier one fails: usage records are drained first, the DB closed last.
         # Video jobs first: unfinished ones are handed back (in the DB) for the next worker to run.
         steps = [self.status.aclose, self.videos.aclose, self.files.aclose, self.identity.aclose]

@@ -29,7 +29,6 @@ appends nothing, so a retry does not store the question twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import secrets
@@ -45,6 +44,7 @@ from portway.errors import NotFound, SessionLimitReached, ValidationError
 from portway.protocols.chat_chunks import assemble
 from portway.services.chat import ChatReply, RequestContext
 from portway.stores.sql.sessions import MessageRow, SessionRow, SessionStore
+from portway.tasks import stop
 
 log = logging.getLogger("portway.history")
 
@@ -127,9 +127,7 @@ class HistoryService:
             await asyncio.wait_for(self._queue.join(), _DRAIN_SECONDS)
         except TimeoutError:
             log.error("%d chat history turns not written at shutdown", self._queue.qsize())
-        self._writer.cancel()
-        with contextlib.suppress(BaseException):
-            await self._writer
+        await stop(self._writer)
         self._writer = None
 
     # -- the plain methods
