@@ -29,6 +29,7 @@ appends nothing, so a retry does not store the question twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -43,6 +44,7 @@ from portway.config import HistoryConfig
 from portway.errors import NotFound, SessionLimitReached, ValidationError
 from portway.protocols.chat_chunks import assemble
 from portway.services.chat import ChatReply, RequestContext
+from portway.services.common import shielded
 from portway.stores.sql.sessions import MessageRow, SessionRow, SessionStore
 from portway.tasks import stop
 
@@ -109,7 +111,8 @@ class HistoryService:
         self.store = store
         self.cfg = cfg
         self._known: dict[tuple[str, str], None] = {}  # checked as the owner's (or claimed by its turn)
-        self._pending: dict[str, asyncio.Future[None]] = {}  # session id -> its newest queued turn
+        # session id -> (its owner, its newest queued turn)
+        self._pending: dict[str, tuple[str, asyncio.Future[None]]] = {}
         self._queue: asyncio.Queue[_Turn] = asyncio.Queue(cfg.write_queue)
         self._writer: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -186,7 +189,7 @@ class HistoryService:
         check_id(session_id)
         message = {"role": role, "content": content}
         self._check_sizes([message])
-        await self._claim(owner, session_id)
+        await self._claim(owner, session_id, None)
         await self._settled(session_id)
         if not await self.store.append(owner, session_id, [message], ts or time.time()):
             raise _not_found(session_id)
@@ -221,7 +224,7 @@ class HistoryService:
         sent: list[dict[str, Any]] = payload["messages"]
         new = new_messages(sent)
         self._check_sizes(new)
-        known = await self._claim(owner, sid)
+        known = await self._claim(owner, sid, _title(new))
         prepend = self.cfg.prepend if ctx.prepend is None else ctx.prepend
         if prepend and known and messages is None and not any(m.get("role") == "assistant" for m in sent):
             await self._settled(sid)
@@ -229,8 +232,15 @@ class HistoryService:
             if stored:
                 payload["messages"] = with_history([r.message for r in stored], sent)
                 ctx.body_bytes = len(orjson.dumps(payload))  # the prompt estimate counts the history
-        title = None if known else _title(new)
-        reply = await chat(payload, ctx, messages)
+        title = None  # a new session was created by the claim, with its title
+        try:
+            reply = await chat(payload, ctx, messages)
+        except BaseException:
+            if not known:  # no answer: the session this request created goes again
+                self._known.pop((owner, sid), None)
+                with contextlib.suppress(Exception):  # the request's own error is the one to report
+                    await shielded(self.store.delete(owner, sid))
+            raise
         if reply.stream is not None:
             reply.stream = self._recorded(reply.stream, owner, sid, new, title)
         elif reply.body is not None:
@@ -272,21 +282,32 @@ class HistoryService:
             self._remember(owner, session_id)
         return row
 
-    async def _claim(self, owner: str, session_id: str) -> bool:
-        """True when the session is the owner's already; False when it is new (its first turn creates
-        it); NotFound when it is another owner's."""
+    async def _claim(self, owner: str, session_id: str, title: str | None) -> bool:
+        """True when the session is the owner's already; False when it is new (created now, before the
+        upstream call, so that another caller naming the same id a moment later gets 404 and the cap counts
+        it at once); NotFound when it is another owner's."""
         if (owner, session_id) in self._known:
             return True
         found = await self.store.owner_of(session_id)
-        if found is not None and found != owner:
-            raise _not_found(session_id)
         if found is None:
             await self._check_cap(owner)
+            now = time.time()
+            if await self.store.create(SessionRow(session_id, owner, title, None, now, now, 0)):
+                self._remember(owner, session_id)
+                return False
+            found = await self.store.owner_of(session_id)  # taken meanwhile
+        if found != owner:
+            raise _not_found(session_id)
         self._remember(owner, session_id)
-        return found is not None
+        return True
 
     async def _check_cap(self, owner: str) -> None:
+        """Counted after this worker's queued turns of the owner are written (a turn may create its session),
+        so one worker never lets an owner past the cap."""
         cap = self.cfg.max_sessions_per_owner
+        queued = [done for who, done in self._pending.values() if who == owner]
+        if queued:
+            await asyncio.wait([asyncio.shield(done) for done in queued], timeout=_DRAIN_SECONDS)
         if await self.store.count(owner) >= cap:
             raise SessionLimitReached(
                 f"At most {cap} chat sessions per caller; delete some (DELETE /v1/sessions/{{id}})",
@@ -316,18 +337,19 @@ class HistoryService:
             self.dropped += 1
             log.warning("chat history queue full: a turn of session %s was not stored", sid)
             return
-        self._pending[sid] = turn.done
+        self._pending[sid] = (owner, turn.done)
         turn.done.add_done_callback(lambda fut: self._forget(sid, fut))
 
     def _forget(self, sid: str, done: asyncio.Future[None]) -> None:
-        if self._pending.get(sid) is done:
+        entry = self._pending.get(sid)
+        if entry is not None and entry[1] is done:
             del self._pending[sid]
 
     async def _settled(self, session_id: str) -> None:
         """Wait for this worker's queued turns of the session (a read after a turn sees it)."""
-        pending = self._pending.get(session_id)
-        if pending is not None:
-            await asyncio.shield(pending)
+        entry = self._pending.get(session_id)
+        if entry is not None:
+            await asyncio.shield(entry[1])
 
     async def _write_turns(self) -> None:
         while True:
