@@ -19,6 +19,9 @@ from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import MASTER_KEY, PortwayProcess
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 BOSS = "boss@example.com"
 PASSWORD = "correct horse battery"
 
@@ -35,7 +38,7 @@ def call(
     gw: PortwayProcess, method: str, path: str, token: str | None = MASTER_KEY, **kw: Any
 ) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.request(method, gw.url + path, headers=headers, timeout=10, **kw)
+    return HTTP.request(method, gw.url + path, headers=headers, timeout=10, **kw)
 
 
 def ok(r: httpx.Response, status: int = 200) -> dict[str, Any]:
@@ -52,7 +55,7 @@ def err(r: httpx.Response, status: int) -> str:
 
 def login(gw: PortwayProcess, email: str, password: str | None = PASSWORD) -> httpx.Response:
     body = {"email": email} if password is None else {"email": email, "password": password}
-    return httpx.post(gw.url + "/auth/login", json=body, timeout=10)
+    return HTTP.post(gw.url + "/auth/login", json=body, timeout=10)
 
 
 def token_for(gw: PortwayProcess, email: str, **user: Any) -> str:
@@ -68,7 +71,7 @@ def token_for(gw: PortwayProcess, email: str, **user: Any) -> str:
 
 def admin_routes(gw: PortwayProcess) -> list[tuple[str, str]]:
     """(method, path) of every /admin route, read from the running app's own route table (OpenAPI)."""
-    paths = httpx.get(gw.url + "/openapi.json").json()["paths"]
+    paths = HTTP.get(gw.url + "/openapi.json").json()["paths"]
     return [(m.upper(), p) for p, ops in paths.items() if p.startswith("/admin") for m in ops]
 
 
@@ -92,8 +95,8 @@ def test_every_admin_route_needs_an_admin(gw: PortwayProcess) -> None:
 
 def test_password_login_and_jwt_use(gw: PortwayProcess) -> None:
     token = token_for(gw, "Alice@Example.com", rpm=30, daily_requests=100)
-    assert httpx.get(gw.base_url + "/models", headers=gw.headers(token)).status_code == 200
-    me = ok(httpx.get(gw.base_url + "/me", headers=gw.headers(token)))
+    assert HTTP.get(gw.base_url + "/models", headers=gw.headers(token)).status_code == 200
+    me = ok(HTTP.get(gw.base_url + "/me", headers=gw.headers(token)))
     assert me["principal"].startswith("user:") and me["is_admin"] is False and me["key"] is None
     assert me["user"]["email"] == "alice@example.com" and "password_hash" not in me["user"]
     assert {(lim["kind"], lim["limit"]) for lim in me["limits"]} == {("rpm", 30), ("daily_requests", 100)}
@@ -112,7 +115,7 @@ def test_login_failures_do_not_enumerate_users(gw: PortwayProcess) -> None:
 def test_admin_emails_and_admin_flag_grant_admin(gw: PortwayProcess) -> None:
     boss = token_for(gw, BOSS)
     ok(call(gw, "GET", "/admin/keys", boss))
-    assert ok(httpx.get(gw.base_url + "/me", headers=gw.headers(boss)))["is_admin"] is True
+    assert ok(HTTP.get(gw.base_url + "/me", headers=gw.headers(boss)))["is_admin"] is True
     carol = ok(
         call(gw, "POST", "/admin/users", json={"email": "carol@example.com", "password": PASSWORD}), 201
     )
@@ -144,9 +147,9 @@ def test_bad_jwts_are_refused(gw: PortwayProcess) -> None:
         "no-exp": jwt.encode({"sub": sub, "iat": now}, secret, algorithm="HS256"),
     }
     for name, token in bad.items():
-        r = httpx.get(gw.base_url + "/models", headers=gw.headers(token))
+        r = HTTP.get(gw.base_url + "/models", headers=gw.headers(token))
         assert err(r, 401) == "invalid_api_key", name
-    assert httpx.get(gw.base_url + "/models", headers=gw.headers(good)).status_code == 200
+    assert HTTP.get(gw.base_url + "/models", headers=gw.headers(good)).status_code == 200
 
 
 # -- admin API behaviour -------------------------------------------------------------------------------
@@ -179,7 +182,7 @@ def test_validation_errors_are_400(gw: PortwayProcess) -> None:
         assert err(call(gw, method, path, json=body), 400) == "validation_error", body
     for raw in (b'{"budget_usd": NaN}', b'{"budget_usd": Infinity}', b'{"name": "\\ud800"}'):
         headers = {**gw.headers(), "Content-Type": "application/json"}
-        r = httpx.post(gw.url + "/admin/keys", content=raw, headers=headers, timeout=10)
+        r = HTTP.post(gw.url + "/admin/keys", content=raw, headers=headers, timeout=10)
         assert err(r, 400) == "validation_error", raw
     for path in ("/admin/keys?offset=313657725801729884160", "/admin/keys/a%00b", "/admin/users?email=%00"):
         assert err(call(gw, "GET", path), 400) == "validation_error", path
@@ -231,7 +234,7 @@ def test_email_only_login_mode(upstream: FakeUpstream, tmp_path: Path) -> None:
     try:
         body = ok(login(proc, "New.Person@Example.com", None))
         token = body["access_token"]
-        me = ok(httpx.get(proc.base_url + "/me", headers=proc.headers(token)))
+        me = ok(HTTP.get(proc.base_url + "/me", headers=proc.headers(token)))
         assert me["user"]["email"] == "new.person@example.com" and me["user"]["has_password"] is False
         again = ok(login(proc, "new.person@example.com", None))
         assert (

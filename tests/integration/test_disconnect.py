@@ -19,6 +19,9 @@ from tests.fakes.upstream import FakeUpstream, RecordedRequest
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 MSGS = [{"role": "user", "content": "ping"}]
 
 
@@ -52,7 +55,7 @@ def wait_row(db: Path, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 def budget_used(gw: PortwayProcess, key: str) -> float:
-    me = httpx.get(gw.base_url + "/me", headers={"Authorization": f"Bearer {key}"}).json()
+    me = HTTP.get(gw.base_url + "/me", headers={"Authorization": f"Bearer {key}"}).json()
     found = [u for u in _usages(me) if u["kind"] == "budget"]
     assert found, me
     used: float = found[0]["used"]
@@ -86,7 +89,7 @@ def gw(request: pytest.FixtureRequest, upstream: FakeUpstream, tmp_path: Path) -
 def test_non_stream_disconnect_cancels_upstream_frees_slots_and_records_499(
     gw: PortwayProcess, upstream: FakeUpstream
 ) -> None:
-    r = httpx.post(gw.url + "/admin/keys", json={"name": "d", "budget_usd": 10}, headers=gw.headers())
+    r = HTTP.post(gw.url + "/admin/keys", json={"name": "d", "budget_usd": 10}, headers=gw.headers())
     key = r.json()["key"]
     body = {"model": "pair/fake-model@hang", "messages": MSGS, "max_tokens": 5}
     sock = raw_request(gw.port, key, body, "gone-1")
@@ -111,7 +114,7 @@ def test_non_stream_disconnect_cancels_upstream_frees_slots_and_records_499(
     # the hung key still counted busy, least-in-flight would send every later request to the other key.
     upstream.reset()
     for _ in range(4):
-        ok = httpx.post(
+        ok = HTTP.post(
             gw.base_url + "/chat/completions",
             json={"model": "pair/fake-model", "messages": MSGS},
             headers=gw.headers(),

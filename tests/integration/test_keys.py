@@ -19,18 +19,24 @@ from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 MSGS = [{"role": "user", "content": "ping"}]
 
 
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
-    proc = PortwayProcess(tmp_path_factory.mktemp("keys"), gateway_config(upstream))
+    # limits.per_user is seed 003's daily quota: it applies only to users without limits of their own, and
+    # only test_per_user_default_applies_to_users_without_limits makes such users.
+    cfg = {**gateway_config(upstream), "limits": {"per_user": {"daily_requests": 3}}}
+    proc = PortwayProcess(tmp_path_factory.mktemp("keys"), cfg)
     yield proc
     proc.stop()
 
 
 def admin(gw: PortwayProcess, method: str, path: str, **kw: Any) -> httpx.Response:
-    return httpx.request(method, gw.url + path, headers=gw.headers(), timeout=10, **kw)
+    return HTTP.request(method, gw.url + path, headers=gw.headers(), timeout=10, **kw)
 
 
 def create_key(gw: PortwayProcess, **fields: Any) -> dict[str, Any]:
@@ -42,7 +48,7 @@ def create_key(gw: PortwayProcess, **fields: Any) -> dict[str, Any]:
 
 
 def models_status(gw: PortwayProcess, key: str) -> int:
-    return httpx.get(gw.base_url + "/models", headers=gw.headers(key), timeout=10).status_code
+    return HTTP.get(gw.base_url + "/models", headers=gw.headers(key), timeout=10).status_code
 
 
 def error_code(r: httpx.Response) -> str:
@@ -56,7 +62,7 @@ def test_key_lifecycle_create_use_revoke(gw: PortwayProcess) -> None:
     assert key.startswith("sk-pw-") and created["status"] == "active"
     assert created["display_prefix"] == key[:10] + "…"
     assert models_status(gw, key) == 200
-    chat = httpx.post(
+    chat = HTTP.post(
         gw.base_url + "/chat/completions",
         json={"model": "direct", "messages": MSGS},
         headers=gw.headers(key),
@@ -70,15 +76,15 @@ def test_key_lifecycle_create_use_revoke(gw: PortwayProcess) -> None:
 
     r = admin(gw, "POST", f"/admin/keys/{key_id}/revoke")
     assert r.status_code == 200 and r.json()["status"] == "revoked"
-    r = httpx.get(gw.base_url + "/models", headers=gw.headers(key))
+    r = HTTP.get(gw.base_url + "/models", headers=gw.headers(key))
     assert r.status_code == 401 and error_code(r) == "invalid_api_key"
     assert "revoked" in r.json()["error"]["message"]
 
 
 def test_me_shows_key_and_limits(gw: PortwayProcess) -> None:
     created = create_key(gw, rpm=7, tpm=5000, budget_usd=1.5, budget_period="daily")
-    httpx.get(gw.base_url + "/models", headers=gw.headers(created["key"]))
-    me = httpx.get(gw.base_url + "/me", headers=gw.headers(created["key"])).json()
+    HTTP.get(gw.base_url + "/models", headers=gw.headers(created["key"]))
+    me = HTTP.get(gw.base_url + "/me", headers=gw.headers(created["key"])).json()
     assert me["principal"] == f"key:{created['id']}" and me["is_admin"] is False
     assert me["key"]["id"] == created["id"] and me["user"] is None
     kinds = {(lim["kind"], lim["limit"]) for lim in me["limits"]}
@@ -91,12 +97,12 @@ def test_me_shows_key_and_limits(gw: PortwayProcess) -> None:
 
 def test_unknown_and_expired_keys_are_refused(gw: PortwayProcess) -> None:
     assert models_status(gw, "sk-pw-" + "x" * 43) == 401
-    created = create_key(gw, expires_in_seconds=1.5)
+    created = create_key(gw, expires_in_seconds=0.75)
     assert models_status(gw, created["key"]) == 200
     deadline = time.monotonic() + 5
     while models_status(gw, created["key"]) == 200 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    r = httpx.get(gw.base_url + "/models", headers=gw.headers(created["key"]))
+        time.sleep(0.05)
+    r = HTTP.get(gw.base_url + "/models", headers=gw.headers(created["key"]))
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
 
     other = create_key(gw)
@@ -121,7 +127,7 @@ def test_admin_rotate_replaces_the_key_with_same_settings(gw: PortwayProcess) ->
 def test_disabled_owner_disables_the_key(gw: PortwayProcess) -> None:
     user = admin(gw, "POST", "/admin/users", json={"email": "owner@example.com", "rpm": 3}).json()
     created = create_key(gw, user_id=user["id"])
-    me = httpx.get(gw.base_url + "/me", headers=gw.headers(created["key"])).json()
+    me = HTTP.get(gw.base_url + "/me", headers=gw.headers(created["key"])).json()
     assert me["user"]["id"] == user["id"]
     assert {(lim["scope"], lim["kind"]) for lim in me["limits"]} == {(f"user:{user['id']}", "rpm")}
     admin(gw, "PATCH", f"/admin/users/{user['id']}", json={"disabled": True}).raise_for_status()
@@ -138,7 +144,7 @@ def test_last_used_at_is_recorded_off_the_hot_path(gw: PortwayProcess) -> None:
     while time.monotonic() < deadline:
         if admin(gw, "GET", f"/admin/keys/{created['id']}").json()["last_used_at"]:
             break
-        time.sleep(0.3)
+        time.sleep(0.1)
     else:
         pytest.fail("last_used_at was never written")
 
@@ -152,14 +158,14 @@ def _current(gw: PortwayProcess, policy: str) -> dict[str, Any]:
 
 
 def test_rotating_key_policy_rotates_on_a_timer(gw: PortwayProcess) -> None:
-    r = admin(gw, "POST", "/admin/key-policies", json={"name": "ci", "period_seconds": 2, "rpm": 9})
+    r = admin(gw, "POST", "/admin/key-policies", json={"name": "ci", "period_seconds": 1.5, "rpm": 9})
     assert r.status_code == 201, r.text
     first = _current(gw, "ci")
     assert first["api_key"] == r.json()["api_key"] and first["key_id"] == r.json()["key_id"]
     assert set(first) >= {"policy", "api_key", "key_id", "expires_at", "rotated_at"}
     key_a = first["api_key"]
     assert models_status(gw, key_a) == 200
-    me = httpx.get(gw.base_url + "/me", headers=gw.headers(key_a)).json()
+    me = HTTP.get(gw.base_url + "/me", headers=gw.headers(key_a)).json()
     assert me["is_admin"] is False and [lim["limit"] for lim in me["limits"]] == [9]
 
     # Poll only the admin view of the policy (not /keys/current, which would rotate an overdue policy
@@ -278,39 +284,34 @@ async def test_expired_cache_entry_is_reloaded_once_for_concurrent_requests(tmp_
         await db.aclose()
 
 
-def test_per_user_default_applies_to_users_without_limits(upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_per_user_default_applies_to_users_without_limits(gw: PortwayProcess) -> None:
     """Regression: a user's all-empty LimitSpec was truthy, so limits.per_user (seed 003's daily quota)
     never applied. Admission and /v1/me now share one computation of the limits that apply."""
-    cfg = {**gateway_config(upstream), "limits": {"per_user": {"daily_requests": 3}}}
-    proc = PortwayProcess(tmp_path, cfg)
-    try:
 
-        def user_token(email: str, **limits: Any) -> tuple[str, str]:
-            creds = {"email": email, "password": "a long password"}
-            user = admin(proc, "POST", "/admin/users", json=creds | limits).json()
-            login = httpx.post(proc.url + "/auth/login", json=creds, timeout=10)
-            return user["id"], login.json()["access_token"]
+    def user_token(email: str, **limits: Any) -> tuple[str, str]:
+        creds = {"email": email, "password": "a long password"}
+        user = admin(gw, "POST", "/admin/users", json=creds | limits).json()
+        login = HTTP.post(gw.url + "/auth/login", json=creds, timeout=10)
+        return user["id"], login.json()["access_token"]
 
-        def chat(token: str) -> httpx.Response:
-            body = {"model": "direct", "messages": MSGS}
-            return httpx.post(proc.base_url + "/chat/completions", json=body, headers=proc.headers(token))
+    def chat(token: str) -> httpx.Response:
+        body = {"model": "direct", "messages": MSGS}
+        return HTTP.post(gw.base_url + "/chat/completions", json=body, headers=gw.headers(token))
 
-        plain_id, plain = user_token("plain@example.com")
-        _, own = user_token("own@example.com", daily_requests=5)
-        assert [chat(plain).status_code for _ in range(3)] == [200, 200, 200]
-        refused = chat(plain)
-        assert refused.status_code == 429 and error_code(refused) == "quota_exceeded", refused.text
-        assert [chat(own).status_code for _ in range(5)] == [200] * 5  # their own limit, not the default
-        assert error_code(chat(own)) == "quota_exceeded"
+    plain_id, plain = user_token("plain@example.com")
+    _, own = user_token("own@example.com", daily_requests=5)
+    assert [chat(plain).status_code for _ in range(3)] == [200, 200, 200]
+    refused = chat(plain)
+    assert refused.status_code == 429 and error_code(refused) == "quota_exceeded", refused.text
+    assert [chat(own).status_code for _ in range(5)] == [200] * 5  # their own limit, not the default
+    assert error_code(chat(own)) == "quota_exceeded"
 
-        me = httpx.get(proc.base_url + "/me", headers=proc.headers(plain)).json()
-        assert [(u["kind"], u["limit"], u["used"]) for u in me["limits"]] == [("daily_requests", 3, 3)]
-        me = httpx.get(proc.base_url + "/me", headers=proc.headers(own)).json()
-        assert [(u["kind"], u["limit"], u["remaining"]) for u in me["limits"]] == [("daily_requests", 5, 0)]
-        usage = admin(proc, "GET", f"/admin/users/{plain_id}/usage").json()
-        assert [(u["kind"], u["limit"], u["used"]) for u in usage["limits"]] == [("daily_requests", 3, 3)]
-        # A key owned by a user without limits counts against that user's default quota too.
-        key = admin(proc, "POST", "/admin/keys", json={"name": "k", "user_id": plain_id}).json()["key"]
-        assert error_code(chat(key)) == "quota_exceeded"
-    finally:
-        proc.stop()
+    me = HTTP.get(gw.base_url + "/me", headers=gw.headers(plain)).json()
+    assert [(u["kind"], u["limit"], u["used"]) for u in me["limits"]] == [("daily_requests", 3, 3)]
+    me = HTTP.get(gw.base_url + "/me", headers=gw.headers(own)).json()
+    assert [(u["kind"], u["limit"], u["remaining"]) for u in me["limits"]] == [("daily_requests", 5, 0)]
+    usage = admin(gw, "GET", f"/admin/users/{plain_id}/usage").json()
+    assert [(u["kind"], u["limit"], u["used"]) for u in usage["limits"]] == [("daily_requests", 3, 3)]
+    # A key owned by a user without limits counts against that user's default quota too.
+    key = admin(gw, "POST", "/admin/keys", json={"name": "k", "user_id": plain_id}).json()["key"]
+    assert error_code(chat(key)) == "quota_exceeded"

@@ -22,14 +22,39 @@ from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess, free_port
 
+# One client for the module's one-off requests (no connection kept between them, as with httpx.get):
+# httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
+HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 MSGS = [{"role": "user", "content": "ping"}]
 
 
 def create_key(gw: PortwayProcess, **fields: Any) -> str:
-    r = httpx.post(gw.url + "/admin/keys", json={"name": "t", **fields}, headers=gw.headers())
+    return create_key_and_principal(gw, **fields)[0]
+
+
+def create_key_and_principal(gw: PortwayProcess, **fields: Any) -> tuple[str, str]:
+    """A new key and the principal its requests are recorded under."""
+    r = HTTP.post(gw.url + "/admin/keys", json={"name": "t", **fields}, headers=gw.headers())
     assert r.status_code == 201, r.text
-    key: str = r.json()["key"]
-    return key
+    return r.json()["key"], "key:" + r.json()["id"]
+
+
+def wait_records(gw: PortwayProcess, principal: str, n: int, timeout: float = 10.0) -> list[sqlite3.Row]:
+    """The principal's request_log rows once all `n` of its requests are there (the writer flushes in
+    batches), so a test sharing the process reads every record it caused, and only those."""
+    until = time.monotonic() + timeout
+    while True:
+        con = sqlite3.connect(gw.data_dir / "portway.db")
+        con.row_factory = sqlite3.Row
+        try:
+            rows = con.execute("SELECT * FROM request_log WHERE principal = ?", (principal,)).fetchall()
+        finally:
+            con.close()
+        if len(rows) >= n:
+            assert len(rows) == n, [dict(r) for r in rows]
+            return rows
+        assert time.monotonic() < until, f"{len(rows)} of {n} request_log rows for {principal}"
+        time.sleep(0.05)
 
 
 async def burst(urls: list[str], key: str, n: int, body: dict[str, Any] | None = None) -> Counter[str]:
@@ -62,14 +87,6 @@ def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
     proc.stop()
 
 
-@pytest.fixture
-def own_gw(upstream: FakeUpstream, tmp_path: Path) -> Iterator[PortwayProcess]:
-    """For a test that stops the process to read every record it wrote, and only those."""
-    proc = PortwayProcess(tmp_path, priced_config(upstream))
-    yield proc
-    proc.stop()
-
-
 def test_200_concurrent_against_50_exactly_50_pass_memory(gw: PortwayProcess) -> None:
     key = create_key(gw, rpm=50)
     got = asyncio.run(burst([gw.url], key, 200))
@@ -80,39 +97,37 @@ def test_daily_quota_and_headers(gw: PortwayProcess) -> None:
     key = create_key(gw, daily_requests=2, rpm=10)
     h = {"Authorization": f"Bearer {key}"}
     body = {"model": "direct", "messages": MSGS}
-    first = httpx.post(gw.base_url + "/chat/completions", json=body, headers=h)
+    first = HTTP.post(gw.base_url + "/chat/completions", json=body, headers=h)
     assert first.status_code == 200
     assert first.headers["x-ratelimit-limit-requests"] == "10"
     assert first.headers["x-ratelimit-remaining-requests"] == "9"
     assert first.headers["x-ratelimit-reset-requests"]
-    assert httpx.post(gw.base_url + "/chat/completions", json=body, headers=h).status_code == 200
-    third = httpx.post(gw.base_url + "/chat/completions", json=body, headers=h)
+    assert HTTP.post(gw.base_url + "/chat/completions", json=body, headers=h).status_code == 200
+    third = HTTP.post(gw.base_url + "/chat/completions", json=body, headers=h)
     assert third.status_code == 429 and third.json()["error"]["code"] == "quota_exceeded"
     assert int(third.headers["retry-after"]) > 0
 
 
-def test_budget_not_overshot_by_concurrent_requests(own_gw: PortwayProcess) -> None:
-    key = create_key(own_gw, budget_usd=0.05, budget_period="total")
+def test_budget_not_overshot_by_concurrent_requests(gw: PortwayProcess) -> None:
+    key, principal = create_key_and_principal(gw, budget_usd=0.05, budget_period="total")
     body = {"model": "direct", "messages": MSGS, "max_tokens": 5}
-    got = asyncio.run(burst([own_gw.url], key, 40, body))
+    got = asyncio.run(burst([gw.url], key, 40, body))
     assert got["ok"] >= 1 and got["429:budget_exceeded"] >= 1
     assert set(got) <= {"ok", "429:budget_exceeded"}
-    own_gw.stop()
-    con = sqlite3.connect(own_gw.data_dir / "portway.db")
-    spent = con.execute("SELECT SUM(cost_usd), COUNT(*) FROM request_log WHERE status = 200").fetchone()
-    con.close()
-    assert spent[1] == got["ok"]
-    assert 0 < spent[0] <= 0.05 + 1e-9  # estimates are reserved up front: real spend never passes the budget
+    served = [r for r in wait_records(gw, principal, 40) if r["status"] == 200]
+    assert len(served) == got["ok"]
+    spent = sum(r["cost_usd"] for r in served)
+    assert 0 < spent <= 0.05 + 1e-9  # estimates are reserved up front: real spend never passes the budget
 
 
 def test_model_outside_allowed_list_is_403(gw: PortwayProcess) -> None:
     key = create_key(gw, allowed_models=["direct", "up2/*"])
     h = {"Authorization": f"Bearer {key}"}
-    ok = httpx.post(gw.base_url + "/chat/completions", json={"model": "up2/x", "messages": MSGS}, headers=h)
+    ok = HTTP.post(gw.base_url + "/chat/completions", json={"model": "up2/x", "messages": MSGS}, headers=h)
     assert ok.status_code == 200
-    r = httpx.post(gw.base_url + "/chat/completions", json={"model": "chain", "messages": MSGS}, headers=h)
+    r = HTTP.post(gw.base_url + "/chat/completions", json={"model": "chain", "messages": MSGS}, headers=h)
     assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
-    r = httpx.post(
+    r = HTTP.post(
         gw.base_url + "/chat/completions",
         json={"model": "direct", "models": ["chain"], "messages": MSGS},
         headers=h,
@@ -120,21 +135,17 @@ def test_model_outside_allowed_list_is_403(gw: PortwayProcess) -> None:
     assert r.status_code == 403  # fallbacks are checked too
 
 
-def test_full_pipeline_stream_is_byte_identical(own_gw: PortwayProcess, upstream: FakeUpstream) -> None:
-    key = create_key(own_gw, rpm=100, tpm=100_000, daily_requests=100, budget_usd=10)
+def test_full_pipeline_stream_is_byte_identical(gw: PortwayProcess, upstream: FakeUpstream) -> None:
+    key, principal = create_key_and_principal(gw, rpm=100, tpm=100_000, daily_requests=100, budget_usd=10)
     body = {"model": "direct", "messages": MSGS, "stream": True}
-    via = httpx.post(
-        own_gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
-    )
+    via = HTTP.post(gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
     assert via.status_code == 200 and via.headers["x-ratelimit-remaining-requests"] == "99"
     body["model"] = "fake-model"
-    straight = httpx.post(upstream.base_url + "/chat/completions", json=body, headers={"x-api-key": "k"})
+    straight = HTTP.post(upstream.base_url + "/chat/completions", json=body, headers={"x-api-key": "k"})
     assert via.content == straight.content
-    own_gw.stop()
-    con = sqlite3.connect(own_gw.data_dir / "portway.db")
-    row = con.execute("SELECT principal, stream, total_tokens, cost_usd FROM request_log").fetchone()
-    con.close()
-    assert row[0].startswith("key:") and row[1] == 1 and row[2] > 0 and row[3] > 0
+    [row] = wait_records(gw, principal, 1)
+    assert row["principal"].startswith("key:") and row["stream"] == 1
+    assert row["total_tokens"] > 0 and row["cost_usd"] > 0
 
 
 class RedisServer:
@@ -202,19 +213,19 @@ def test_redis_stopped_mid_test_rate_limits_fail_open_budgets_fail_closed(
         budget_key = create_key(gw, budget_usd=100)
         body = {"model": "direct", "messages": MSGS}
         for key in (rate_key, budget_key):
-            r = httpx.post(
+            r = HTTP.post(
                 gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
             )
             assert r.status_code == 200
         redis.stop()
         for _ in range(5):
             started = time.monotonic()
-            r = httpx.post(
+            r = HTTP.post(
                 gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {rate_key}"}
             )
             assert r.status_code == 200  # fail-open: an outage of the counter store must not take us down
             assert time.monotonic() - started < 2  # never hangs on Redis
-        r = httpx.post(
+        r = HTTP.post(
             gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {budget_key}"}
         )
         assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"  # fail-closed
@@ -231,7 +242,7 @@ def test_per_ip_limit_from_config_applies_to_every_key(upstream: FakeUpstream, t
     try:
         keys = [create_key(gw), create_key(gw)]  # two keys, one client address
         codes = [
-            httpx.post(
+            HTTP.post(
                 gw.base_url + "/chat/completions",
                 json={"model": "direct", "messages": MSGS},
                 headers={"Authorization": f"Bearer {keys[i % 2]}"},
@@ -239,7 +250,7 @@ def test_per_ip_limit_from_config_applies_to_every_key(upstream: FakeUpstream, t
             for i in range(5)
         ]
         assert codes == [200, 200, 200, 429, 429]
-        master = httpx.post(
+        master = HTTP.post(
             gw.base_url + "/chat/completions",
             json={"model": "direct", "messages": MSGS},
             headers=gw.headers(),

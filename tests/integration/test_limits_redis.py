@@ -203,33 +203,40 @@ async def test_start_with_redis_down_is_bounded_and_keeps_connecting(own_redis: 
 
 
 CHILD = """
-import asyncio, sys, time
+import asyncio, sys
 from portway.limits.spec import Limit, LimitKind
 from portway.limits.redis import RedisCounters
 
-async def main(url: str, prefix: str, start_at: float, now: float) -> None:
+async def main(url: str, prefix: str, now: float) -> None:
     c = RedisCounters(url, prefix=prefix, socket_timeout=2.0)
     limits = [Limit("key:shared", LimitKind.RPM, 50)]
     await c.start()  # connect before the start line, so both processes race for real
-    await asyncio.sleep(max(0.0, start_at - time.time()))
+    print("ready", flush=True)
+    sys.stdin.readline()  # the start line: the parent says go once both are connected
     ds = await asyncio.gather(*(c.admit(limits, tokens=1, cost=0.0, now=now) for _ in range(200)))
     print(sum(d.allowed for d in ds), sum(d.degraded for d in ds))
     await c.aclose()
 
-asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
+asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
 """
 
 
 async def test_two_processes_sharing_redis_admit_exactly_the_limit(prefix: str) -> None:
-    start_at = time.time() + 2.0
-    argv = [SHARED_URL, prefix, str(start_at), str(NOW)]
+    argv = [SHARED_URL, prefix, str(NOW)]
+    pipes = {
+        "stdin": asyncio.subprocess.PIPE,
+        "stdout": asyncio.subprocess.PIPE,
+        "stderr": asyncio.subprocess.PIPE,
+    }
     procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        for _ in range(2)
+        await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, *argv, **pipes) for _ in range(2)
     ]
-    outputs = [await p.communicate() for p in procs]
+    for p in procs:
+        assert p.stdout is not None
+        async with asyncio.timeout(30):
+            ready = await p.stdout.readline()
+        assert ready == b"ready\n", ready
+    outputs = await asyncio.gather(*(p.communicate(b"go\n") for p in procs))
     assert [p.returncode for p in procs] == [0, 0], [err.decode() for _, err in outputs]
     results = [tuple(map(int, out.split())) for out, _ in outputs]
     assert sum(degraded for _, degraded in results) == 0

@@ -101,13 +101,17 @@ async def test_head_caps_and_read_timeout_reach_every_worker(gw: PortwayProcess)
         writer.write(head("GET", "/health", *(f"X-H{i}: v" for i in range(21))))
         assert (await read_reply(reader)).status == 431
         writer.close()
-    for _ in range(4):
+
+    async def stalled_head() -> None:
         reader, writer = await connect(gw)
         writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\n")  # a head that never ends
         start = time.monotonic()
         assert await closed(reader, timeout=3)
         assert time.monotonic() - start < 2  # read_timeout, not the 5 s keep-alive
         writer.close()
+
+    # Four at once (within max_connections): each waits out its own read timeout, not the others'.
+    await asyncio.gather(*(stalled_head() for _ in range(4)))
 
 
 async def test_connections_past_max_connections_get_a_503(gw: PortwayProcess) -> None:
