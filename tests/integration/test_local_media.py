@@ -16,14 +16,13 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-pytest.importorskip("sentence_transformers", reason="needs the media extra: pip install portway[media]")
-pytest.importorskip("piper", reason="needs the media extra: pip install portway[media]")
-pytest.importorskip("faster_whisper", reason="needs the media extra: pip install portway[media]")
-
 from portway.providers.local.embeddings import DIMENSIONS, EmbeddingsEngine
 from portway.providers.local.engine import MediaInputError
 from portway.providers.local.speech import SpeechEngine, speech_request
 from portway.providers.local.transcription import TranscriptionEngine, render
+from tests.integration.local_fixtures import MEDIA, skip_unless_installed
+
+skip_unless_installed(*MEDIA, reason="needs the media extra: pip install portway[media]")
 
 pytestmark = [pytest.mark.local_media, pytest.mark.asyncio(loop_scope="module")]
 

@@ -24,22 +24,43 @@ from tests.fakes.upstream import FakeUpstream
 from tests.integration.server import PortwayProcess
 
 UPLOAD_CAP = 1024 * 1024  # server.max_upload_bytes here: the 413 case stays cheap
-CONFIG: dict[str, Any] = {
-    "providers": {"local": {"type": "local"}},
-    "models": {
-        "emb": ["local/all-minilm-l6-v2"],
-        "voice": ["local/piper-joe"],
-        "ears": ["local/whisper-tiny.en"],
-    },
-    "server": {"max_upload_bytes": UPLOAD_CAP},
-}
+
+
+def config(upstream: FakeUpstream) -> dict[str, Any]:
+    """One gateway for the module: the local models, and two providers on the fake upstream."""
+    fake = {"type": "openai", "base_url": upstream.base_url}
+    return {
+        # The deadline stays the default (60 s): the first local call loads its model (torch) inside it.
+        "routing": {"backoff_base": 0.01, "backoff_max": 0.02},
+        "providers": {
+            "local": {"type": "local"},
+            "m1": {**fake, "api_keys": ["k-m1"]},
+            "m2": {**fake, "api_keys": ["k-m2"]},
+        },
+        "models": {
+            "emb": ["local/all-minilm-l6-v2"],
+            "voice": ["local/piper-joe"],
+            "ears": ["local/whisper-tiny.en"],
+            "pics": ["m1/img-model"],
+            "emb-chain": ["m1/emb@500", "m2/emb-second"],
+            "slow-voice": ["m1/tts@slowchunks:0.3"],
+            "stuck": ["m1/emb@hang"],
+        },
+        "server": {"max_upload_bytes": UPLOAD_CAP},
+    }
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
-    proc = PortwayProcess(tmp_path_factory.mktemp("media"), CONFIG)
+def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
+    proc = PortwayProcess(tmp_path_factory.mktemp("media"), config(upstream))
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def gw_up(gw: PortwayProcess) -> PortwayProcess:
+    """The same gateway, for the tests through the fake upstream (their aliases are m1/m2's)."""
+    return gw
 
 
 @pytest.fixture
@@ -47,16 +68,20 @@ def client(gw: PortwayProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key=gw.master_key, max_retries=0, timeout=120)
 
 
-def rows(gw: PortwayProcess, endpoint: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The request log's rows for `endpoint`, once the batched writer has flushed `count` of them."""
+def rows(
+    gw: PortwayProcess, endpoint: str, count: int = 1, timeout: float = 5.0, *, model: str | None = None
+) -> list[dict[str, Any]]:
+    """The request log's rows for `endpoint` (and requested `model`, when given: the module's tests share
+    one gateway), once the batched writer has flushed `count` of them."""
     until = time.monotonic() + timeout
+    sql, args = "SELECT * FROM request_log WHERE endpoint = ?", [endpoint]
+    if model is not None:
+        sql, args = sql + " AND requested_model = ?", [endpoint, model]
     while True:
         con = sqlite3.connect(gw.data_dir / "portway.db")
         con.row_factory = sqlite3.Row
         try:
-            found = [
-                dict(r) for r in con.execute("SELECT * FROM request_log WHERE endpoint = ?", (endpoint,))
-            ]
+            found = [dict(r) for r in con.execute(sql, args)]
         except sqlite3.OperationalError:
             found = []
         finally:
@@ -99,7 +124,7 @@ def test_embeddings_local(gw: PortwayProcess, client: openai.OpenAI) -> None:
     reply = client.embeddings.create(model="emb", input=texts)
     assert [len(d.embedding) for d in reply.data] == [384, 384, 384]
     assert reply.usage.prompt_tokens > 0
-    (row,) = rows(gw, "embeddings")
+    (row,) = rows(gw, "embeddings", model="emb")
     assert row["status"] == 200 and row["provider"] == "local" and row["requested_model"] == "emb"
     assert row["prompt_tokens"] == reply.usage.prompt_tokens
     assert row["bytes_in"] > 0 and row["bytes_out"] > 0
@@ -120,10 +145,10 @@ def test_speech_then_transcription_local(gw: PortwayProcess, client: openai.Open
     words = transcript.text.lower()
     assert "hello" in words and "weather" in words, words
 
-    (speech,) = rows(gw, "speech")
+    (speech,) = rows(gw, "speech", model="voice")
     assert speech["status"] == 200 and speech["characters"] == len(text)
     assert speech["bytes_out"] == len(audio)
-    (heard,) = rows(gw, "transcription")
+    (heard,) = rows(gw, "transcription", model="ears")
     assert heard["status"] == 200 and heard["audio_seconds"] > 0.5
     assert heard["bytes_in"] >= len(audio)
     assert uploads_left(gw) == []  # the uploaded audio is gone once answered
@@ -251,24 +276,6 @@ def test_upload_removed_when_the_client_hangs_up(gw: PortwayProcess) -> None:
 # -- through an OpenAI-compatible upstream (the fake): what the service adds -------------------------------
 
 
-@pytest.fixture(scope="module")
-def gw_up(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
-    fake = {"type": "openai", "base_url": upstream.base_url}
-    config = {
-        "routing": {"deadline": 5, "first_byte_timeout": 2, "backoff_base": 0.01, "backoff_max": 0.02},
-        "providers": {"m1": {**fake, "api_keys": ["k-m1"]}, "m2": {**fake, "api_keys": ["k-m2"]}},
-        "models": {
-            "pics": ["m1/img-model"],
-            "emb-chain": ["m1/emb@500", "m2/emb-second"],
-            "slow-voice": ["m1/tts@slowchunks:0.3"],
-            "stuck": ["m1/emb@hang"],
-        },
-    }
-    proc = PortwayProcess(tmp_path_factory.mktemp("media-up"), config)
-    yield proc
-    proc.stop()
-
-
 def test_image_urls_are_signed_links_to_kept_files(gw_up: PortwayProcess) -> None:
     client = openai.OpenAI(base_url=gw_up.base_url, api_key=gw_up.master_key, max_retries=0)
     reply = client.images.generate(model="pics", prompt="a red square", n=2, response_format="url")
@@ -283,7 +290,7 @@ def test_image_urls_are_signed_links_to_kept_files(gw_up: PortwayProcess) -> Non
     inline = client.images.generate(model="pics", prompt="a red square")
     (item,) = inline.data or []
     assert item.b64_json and item.url is None
-    found = rows(gw_up, "image_generation", 2)
+    found = rows(gw_up, "image_generation", 2, model="pics")
     assert sorted(r["images"] for r in found) == [1, 2]
     assert all(r["status"] == 200 and r["provider"] == "m1" for r in found)
 
@@ -293,7 +300,7 @@ def test_embeddings_fall_back_to_the_next_target(gw_up: PortwayProcess) -> None:
     answer = client.embeddings.with_raw_response.create(model="emb-chain", input="hello")
     assert answer.headers["x-portway-provider"] == "m2"
     assert len(answer.parse().data[0].embedding) > 0
-    (row,) = [r for r in rows(gw_up, "embeddings") if r["requested_model"] == "emb-chain"]
+    (row,) = rows(gw_up, "embeddings", model="emb-chain")
     assert row["provider"] == "m2" and row["attempts"] >= 2 and row["status"] == 200
 
 
@@ -343,7 +350,7 @@ def test_client_gone_during_the_upstream_call_cancels_it(
     finally:
         sock.close()
     started = time.monotonic()
-    until = started + 3  # well before the 5 s deadline would end the call on its own
+    until = started + 3  # well before the 60 s deadline would end the call on its own
     while True:
         found = [r for r in rows(gw_up, "embeddings", 0) if r["request_id"] == "emb-gone"]
         if found:

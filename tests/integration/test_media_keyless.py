@@ -11,11 +11,10 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from tests.integration.local_fixtures import MEDIA, skip_unless_installed
 from tests.integration.server import PortwayProcess
 
-pytest.importorskip("sentence_transformers", reason="the media extra is not installed")
-pytest.importorskip("piper", reason="the media extra is not installed")
-pytest.importorskip("faster_whisper", reason="the media extra is not installed")
+skip_unless_installed(*MEDIA, reason="the media extra is not installed")
 
 pytestmark = pytest.mark.local_media
 

@@ -22,10 +22,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-pytest.importorskip("sentence_transformers", reason="needs the media extra: pip install portway[media]")
-pytest.importorskip("piper", reason="needs the media extra: pip install portway[media]")
-pytest.importorskip("faster_whisper", reason="needs the media extra: pip install portway[media]")
-
 from portway.config import RoutingConfig
 from portway.errors import UpstreamBadRequest
 from portway.providers.base import FailureKind, ProviderSettings, UpstreamFailure
@@ -34,6 +30,9 @@ from portway.providers.media import MediaCall, MediaResult, Task, Upload
 from portway.routing.attempts import AttemptRunner, MediaJob
 from portway.routing.keypool import KeyPool
 from portway.routing.router import Target
+from tests.integration.local_fixtures import MEDIA, skip_unless_installed
+
+skip_unless_installed(*MEDIA, reason="needs the media extra: pip install portway[media]")
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.local_media]
 SENTENCE = "The quick brown fox jumps over the lazy dog."

@@ -244,31 +244,24 @@ def _pricing(*providers: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def http_gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
-    cfg = {
-        "routing": {"deadline": 20, "first_byte_timeout": 10},
+def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
+    """One gateway for every pair: the fake upstream's three protocols, and the local model when installed."""
+    kinds: tuple[str, ...] = ("openai", "anthropic", "gemini")
+    cfg: dict[str, Any] = {
+        # The local model's calls are slow on a busy machine; the fakes' answer at once either way.
+        "routing": {"deadline": 300, "first_byte_timeout": 240},
         "providers": {
             "oa": {"type": "openai", "base_url": upstream.base_url, "api_keys": ["k-oa"]},
             "an": {"type": "anthropic", "base_url": upstream.url, "api_keys": ["k-an"]},
             "gm": {"type": "gemini", "base_url": upstream.url, "api_keys": ["k-gm"]},
         },
-        "models": _aliases(("openai", "anthropic", "gemini")),
-        "pricing": _pricing("oa", "an", "gm"),
     }
+    if _LOCAL_MISSING is None:
+        cfg["providers"]["local"] = {"type": "local"}
+        kinds += ("local",)
+    cfg["models"] = _aliases(kinds)
+    cfg["pricing"] = _pricing(*cfg["providers"])
     proc = PortwayProcess(tmp_path_factory.mktemp("matrix"), cfg)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def local_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
-    cfg = {
-        "routing": {"deadline": 300, "first_byte_timeout": 240},
-        "providers": {"local": {"type": "local"}},
-        "models": _aliases(("local",)),
-        "pricing": _pricing("local"),
-    }
-    proc = PortwayProcess(tmp_path_factory.mktemp("matrix-local"), cfg)
     yield proc
     proc.stop()
 
@@ -321,9 +314,8 @@ _KINDS = [
 @pytest.mark.parametrize("kind", _KINDS)
 @pytest.mark.parametrize("inbound", INBOUND)
 def test_a_streamed_tool_call_round_trips(
-    inbound: str, kind: str, upstream: FakeUpstream, request: pytest.FixtureRequest
+    inbound: str, kind: str, upstream: FakeUpstream, gw: PortwayProcess
 ) -> None:
-    gw: PortwayProcess = request.getfixturevalue("local_gw" if kind == "local" else "http_gw")
     alias = f"{inbound}-{kind}"
     got = CLIENTS[inbound](gw, alias, 240.0 if kind == "local" else 20.0)
 
@@ -340,11 +332,8 @@ def test_a_streamed_tool_call_round_trips(
 
 
 @pytest.mark.parametrize("kind", _KINDS)
-def test_legacy_completions_are_counted_on_every_upstream(
-    kind: str, upstream: FakeUpstream, request: pytest.FixtureRequest
-) -> None:
+def test_legacy_completions_are_counted_on_every_upstream(kind: str, gw: PortwayProcess) -> None:
     """The fourth inbound protocol has no tools: its streamed text is counted and priced the same way."""
-    gw: PortwayProcess = request.getfixturevalue("local_gw" if kind == "local" else "http_gw")
     alias = f"completions-{kind}"
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.master_key, max_retries=0, timeout=240)
     chunks = list(
@@ -368,7 +357,7 @@ def test_legacy_completions_are_counted_on_every_upstream(
 
 
 def test_messages_to_an_anthropic_upstream_are_passed_through(
-    http_gw: PortwayProcess, upstream: FakeUpstream
+    gw: PortwayProcess, upstream: FakeUpstream
 ) -> None:
     """/v1/messages to an Anthropic upstream is not translated: the client gets the upstream's own events."""
     body = {
@@ -379,8 +368,8 @@ def test_messages_to_an_anthropic_upstream_are_passed_through(
         "tool_choice": {"type": "tool", "name": NAME},
         "stream": True,
     }
-    headers = {"x-api-key": http_gw.master_key or "", "anthropic-version": "2023-06-01"}
-    with httpx.stream("POST", http_gw.url + "/v1/messages", json=body, headers=headers, timeout=20) as r:
+    headers = {"x-api-key": gw.master_key or "", "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", gw.url + "/v1/messages", json=body, headers=headers, timeout=20) as r:
         assert r.status_code == 200, r.read()
         got = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
     sent = anthropic_fake.events(anthropic_fake.answer(_recorded(upstream, "/v1/messages")))

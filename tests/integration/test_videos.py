@@ -29,29 +29,30 @@ from tests.integration.server import PortwayProcess
 UPSTREAM_KEY = "k-video-secret-key-1234"
 
 
-def _config(up: FakeUpstream, *, local: bool = False, **videos: Any) -> dict[str, Any]:
-    """`local`: add a provider that serves no video (it loads a model at start, so only where needed)."""
-    cfg: dict[str, Any] = {
+def _config(up: FakeUpstream, *, rerun_fast: bool = False, **videos: Any) -> dict[str, Any]:
+    """`rerun_fast`: a restarted worker's `slow-video` renders at the normal speed. Only the first run has
+    to be slow (still rendering when its worker stops); the rerun just has to finish."""
+    slow = "vid/fake-video" if rerun_fast else "vid/fake-video-slow"
+    return {
         "routing": {"deadline": 20, "backoff_base": 0.01, "backoff_max": 0.05},
         "videos": {"timeout_seconds": 30, "lease_seconds": 3, **videos},
         "providers": {
             "vid": {"type": "openai", "base_url": up.base_url, "api_keys": [UPSTREAM_KEY]},
+            # Serves chat only, no video (an Anthropic-type provider: no model to load at start).
+            "chat": {"type": "anthropic", "base_url": up.url, "api_keys": ["k-chat"]},
         },
         "models": {
             "sora-2": ["vid/fake-video"],
-            "slow-video": ["vid/fake-video-slow"],
+            "slow-video": [slow],
             "broken-video": ["vid/fake-video-fail"],
+            "chat-only": ["chat/claude-fake"],
         },
     }
-    if local:
-        cfg["providers"]["local"] = {"type": "local"}
-        cfg["models"]["chat-only"] = ["local/smollm2"]
-    return cfg
 
 
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
-    proc = PortwayProcess(tmp_path_factory.mktemp("videos"), _config(upstream, local=True))
+    proc = PortwayProcess(tmp_path_factory.mktemp("videos"), _config(upstream))
     yield proc
     proc.stop()
 
@@ -245,7 +246,8 @@ def _start_slow_job(tmp: Path, up: FakeUpstream, prompt: str, **videos: Any) -> 
 
 
 def _restart(tmp: Path, up: FakeUpstream, first: PortwayProcess, **videos: Any) -> PortwayProcess:
-    return PortwayProcess(tmp / "b", _config(up, **videos), env={"PORTWAY_DATA_DIR": str(first.data_dir)})
+    config = _config(up, rerun_fast=True, **videos)
+    return PortwayProcess(tmp / "b", config, env={"PORTWAY_DATA_DIR": str(first.data_dir)})
 
 
 def test_a_job_survives_a_clean_restart(tmp_path: Path, upstream: FakeUpstream) -> None:
@@ -264,9 +266,10 @@ def test_a_job_survives_a_clean_restart(tmp_path: Path, upstream: FakeUpstream) 
 
 
 def test_a_crashed_workers_job_is_taken_over(tmp_path: Path, upstream: FakeUpstream) -> None:
-    first, video_id = _start_slow_job(tmp_path, upstream, "crash me")
-    first.stop(signal.SIGKILL)  # no hand-back: the lease (3 s here) has to run out
-    second = _restart(tmp_path, upstream, first)
+    # The smallest lease (1 s; renewed every 1/3 s) the config allows: the takeover still has to wait it out.
+    first, video_id = _start_slow_job(tmp_path, upstream, "crash me", lease_seconds=1)
+    first.stop(signal.SIGKILL)  # no hand-back: the lease has to run out
+    second = _restart(tmp_path, upstream, first, lease_seconds=1)
     try:
         done = _finished(_client(second), video_id, timeout=30)
         assert done.status == "completed", done.error
