@@ -131,6 +131,7 @@ class Runtime:
         self.files, self.videos = self._files_and_videos()
         self.media.files = self.files
         self._bg: list[asyncio.Task[Any]] = []
+        self.loading: set[str] = set()  # providers still warming up (the local model loading): GET /ready
 
     def _files_and_videos(self) -> tuple[FileStore, VideoService]:
         """The signed-file store (its key derived from the server secret: no secret of its own) and the
@@ -220,7 +221,14 @@ class Runtime:
         self.history.start()  # the writer of chat history turns
         for name, provider in self.providers.items():
             # In the background (the local model loads for seconds): /health answers meanwhile.
-            self._bg.append(asyncio.create_task(provider.warm(), name=f"portway-warm-{name}"))
+            self.loading.add(name)
+            self._bg.append(asyncio.create_task(self._warm(name, provider), name=f"portway-warm-{name}"))
+
+    async def _warm(self, name: str, provider: Provider) -> None:
+        try:
+            await provider.warm()
+        finally:
+            self.loading.discard(name)
 
     async def aclose(self) -> None:
         for task in self._bg:

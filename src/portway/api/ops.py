@@ -42,5 +42,7 @@ async def ready(request: Request) -> Response:
         },
         "usage_writer": writer,
         "environment": rt.settings.environment,  # what seed 003's clients read beside `ready`
+        # Providers still warming up (the local model loading, in the background): they answer once loaded.
+        "loading": sorted(rt.loading),
     }
     return json_response(body, status=200 if ok else 503)

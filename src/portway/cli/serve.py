@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import httpx
 import typer
+from rich.console import Console
 
 from portway import __version__
 from portway.cli.common import DEFAULT_CONFIG, console, load, settings
@@ -98,30 +100,59 @@ def _prepare(settings: Settings) -> GatewayConfig:
 
 
 def _progress_until_up(settings: Settings, cfg: GatewayConfig) -> None:
-    """On a terminal, a spinner until the workers answer /health (local models start loading meanwhile)."""
+    """On a terminal, a spinner until the workers answer /health, then one while local models load (GET
+    /ready lists the providers still warming up), and a line when they are in."""
     err = console(stderr=True)
     if not err.is_terminal:
         return
-    import httpx
-
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    url = f"http://{host}:{settings.port}/health"
-    local = [n for n, p in cfg.providers.items() if p.type == "local" and p.enabled]
-    what = f"starting workers; local models loading in the background ({', '.join(local)})" if local else ""
+    base = f"http://{host}:{settings.port}"
+    threading.Thread(
+        target=_watch_start, args=(err, base, settings), name="portway-startup", daemon=True
+    ).start()
 
-    def watch() -> None:
-        with err.status(what or "starting workers", spinner="dots"):
-            until = time.monotonic() + 300
-            while time.monotonic() < until:
-                try:
-                    if httpx.get(url, timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-        err.print(f"[green]ready[/] on http://{settings.host}:{settings.port}")
 
-    threading.Thread(target=watch, name="portway-startup", daemon=True).start()
+def _watch_start(err: Console, base: str, settings: Settings) -> None:
+    # Rich's status would swap sys.stderr for a proxy while it runs; the workers' log handlers, made by
+    # uvicorn meanwhile, would keep writing to that proxy, and lines after the spinner were lost. This
+    # spinner redirects nothing: it only redraws its own line.
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    until = time.monotonic() + 600
+    loaded = ""
+    spinner = Spinner("dots", "starting workers")
+    with (
+        httpx.Client(timeout=1) as http,
+        Live(spinner, console=err, transient=True, redirect_stdout=False, redirect_stderr=False),
+    ):
+        while time.monotonic() < until and not _answers(http, base + "/health"):
+            time.sleep(0.2)
+        loading = _loading(http, base)
+        if loading:
+            started = time.monotonic()
+            spinner.update(text=f"loading {', '.join(loading)} (first requests to it wait until it is in)")
+            while time.monotonic() < until and loading:
+                time.sleep(0.3)
+                loading = _loading(http, base)
+            loaded = f"; local models loaded in {time.monotonic() - started:.1f} s"
+    err.print(f"[green]ready[/] on http://{settings.host}:{settings.port}{loaded}")
+
+
+def _answers(http: httpx.Client, url: str) -> bool:
+    try:
+        return http.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _loading(http: httpx.Client, base: str) -> list[str]:
+    """The providers /ready says are still warming up ([] once all are in, or if it cannot be read)."""
+    try:
+        names = http.get(base + "/ready").json().get("loading")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def serve(
