@@ -15,7 +15,7 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +81,18 @@ def png(width: int, height: int, colour: tuple[int, int, int, int]) -> bytes:
     return out.getvalue()
 
 
-def log_rows(gw: PortwayProcess, endpoint: str, count: int) -> list[dict[str, Any]]:
-    until = time.monotonic() + 5
+def log_rows(
+    gw: PortwayProcess, endpoint: str, count: int, where: Callable[[dict[str, Any]], bool] = lambda r: True
+) -> list[dict[str, Any]]:
+    """The request log's rows of `endpoint` that match `where`, once there are `count` of them (rows are
+    written in the background: an earlier test's row may be there before this one's)."""
+    until = time.monotonic() + 10
     while True:
         con = sqlite3.connect(gw.data_dir / "portway.db")
         con.row_factory = sqlite3.Row
         try:
-            rows = [dict(r) for r in con.execute("SELECT * FROM request_log WHERE endpoint = ?", (endpoint,))]
+            found = con.execute("SELECT * FROM request_log WHERE endpoint = ?", (endpoint,))
+            rows = [row for row in map(dict, found) if where(row)]
         except sqlite3.OperationalError:
             rows = []
         finally:
@@ -115,7 +120,7 @@ def test_embeddings_float(client: openai.OpenAI, upstream: FakeUpstream, gw: Por
         "k-a",
         16,
     )
-    assert any(r["prompt_tokens"] == 3 and r["status"] == 200 for r in log_rows(gw, "embeddings", 1))
+    assert log_rows(gw, "embeddings", 1, lambda r: r["prompt_tokens"] == 3 and r["status"] == 200)
 
 
 def test_embeddings_base64_as_the_sdk_asks_by_default(client: openai.OpenAI, upstream: FakeUpstream) -> None:
@@ -154,7 +159,7 @@ def test_image_generation_b64(client: openai.OpenAI, upstream: FakeUpstream, gw:
     assert [im.format for im in images] == ["PNG", "PNG"]
     sent = last(upstream, "/v1/images/generations").body or {}
     assert (sent["model"], sent["response_format"], sent["n"]) == ("dall-e-2", "b64_json", 2)
-    assert any(r["images"] == 2 for r in log_rows(gw, "image_generation", 1))
+    assert log_rows(gw, "image_generation", 1, lambda r: r["images"] == 2)
 
 
 def test_image_generation_asks_b64_even_when_the_client_wants_a_url(
@@ -232,7 +237,7 @@ def test_speech_is_relayed_as_the_upstream_produces_it(client: openai.OpenAI, up
 def test_speech_default_format(client: openai.OpenAI, gw: PortwayProcess) -> None:
     reply = client.audio.speech.with_raw_response.create(model="tts", voice="alloy", input="Hi")
     assert reply.headers["content-type"] == "audio/mpeg" and reply.content.startswith(b"RIFF")
-    assert any(r["characters"] == 2 for r in log_rows(gw, "speech", 1))
+    assert log_rows(gw, "speech", 1, lambda r: r["characters"] == 2)
 
 
 # -- transcription and translation --------------------------------------------------------------------------
@@ -269,7 +274,7 @@ def test_transcription_seconds_are_recorded(client: openai.OpenAI, gw: PortwayPr
     client.audio.transcriptions.create(
         model="stt", file=("talk.wav", AUDIO, "audio/wav"), response_format="verbose_json"
     )
-    assert any(r["audio_seconds"] == pytest.approx(0.501) for r in log_rows(gw, "transcription", 1))
+    assert log_rows(gw, "transcription", 1, lambda r: r["audio_seconds"] == pytest.approx(0.501))
 
 
 def test_translation(client: openai.OpenAI, upstream: FakeUpstream) -> None:

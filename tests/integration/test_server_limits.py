@@ -120,7 +120,10 @@ async def test_connections_past_max_connections_get_a_503(gw: PortwayProcess) ->
     for _, writer in opened:
         writer.write(head("GET", "/health"))
     statuses = [(await read_reply(reader)).status for reader, _ in opened]
-    assert set(statuses) <= {200, 503} and statuses.count(503) >= 8
+    # A served connection stays open and counts, so a worker serves at most max_connections (4) of them; a
+    # refused one is closed, which may let a later request on the same worker in (how many depends on when
+    # the closes land, so only the bound is asserted): 12 connections over 2 workers, at most 8 served.
+    assert set(statuses) <= {200, 503} and statuses.count(200) <= 8 and statuses.count(503) >= 4
     for _, writer in opened:
         writer.close()
     async with asyncio.timeout(3):  # until both workers have seen the closes
