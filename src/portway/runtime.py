@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from portway.config import GatewayConfig
+from portway.config import GatewayConfig, RoutingConfig
 from portway.errors import ConfigError
 from portway.http.client import Transport
 from portway.identity.auth import Authenticator, ensure_master_key
@@ -99,8 +99,7 @@ class Runtime:
         self.router = Router(cfg)
         self.metrics, self.tracer, self.sampler = self._telemetry()
         self.health = Health(cfg.status.window)  # passive: fed by every upstream attempt
-        self.runner = AttemptRunner(self.providers, self.pools, rc, health=self.health)
-        self.runner.tracer, self.runner.metrics = self.tracer, self.metrics
+        self.runner = self._runner(rc)
         self.db = Database(settings.resolved_database_url())
         self.usage = UsageWriter(self.db, failure_window=cfg.server.ready_write_failure_seconds)
         # GET /v1/status, /admin/status: health + key pools + optional probes, uptime in the database.
@@ -133,6 +132,12 @@ class Runtime:
         self._bg: list[asyncio.Task[Any]] = []
         self.loading: set[str] = set()  # providers still warming up (the local model loading): GET /ready
 
+    def _runner(self, rc: RoutingConfig) -> AttemptRunner:
+        """An attempt runner over the worker's providers and key pools, with its observers."""
+        return AttemptRunner(
+            self.providers, self.pools, rc, health=self.health, tracer=self.tracer, metrics=self.metrics
+        )
+
     def _files_and_videos(self) -> tuple[FileStore, VideoService]:
         """The signed-file store (its key derived from the server secret: no secret of its own) and the
         video jobs, whose media calls get the job's own deadline (`videos.timeout_seconds`) in place of
@@ -145,8 +150,7 @@ class Runtime:
         )
         deadline = vc.timeout_seconds or rc.deadline
         video_rc = rc.model_copy(update={"deadline": deadline, "attempt_timeout": deadline})
-        runner = AttemptRunner(self.providers, self.pools, video_rc, health=self.health)
-        runner.tracer, runner.metrics = self.tracer, self.metrics
+        runner = self._runner(video_rc)
         media = MediaService(self.router, runner, self.admission, self.pricing, self._record, files)
         store = VideoJobStore(self.db.engine)
         videos = VideoService(store, files, media.run, self.router, self.admission, self.providers, vc)

@@ -147,10 +147,6 @@ class _Run:
 
 
 class AttemptRunner:
-    # Set by the Runtime when on (portway.telemetry): a span per attempt; failed attempts counted by class.
-    tracer: Tracer | None = None
-    metrics: RequestMetrics | None = None
-
     def __init__(
         self,
         providers: Mapping[str, Provider],
@@ -161,6 +157,8 @@ class AttemptRunner:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         health: Health | None = None,
+        tracer: Tracer | None = None,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self.providers = providers
         self.pools = pools
@@ -168,7 +166,11 @@ class AttemptRunner:
         self.clock = clock
         self.sleep = sleep
         self.rand = rand
-        self.health = health  # passive provider health (routing/health.py): one observe() per attempt
+        # Observers, each None when off: passive provider health (routing/health.py), a span per attempt,
+        # failed attempts counted by class (portway.telemetry).
+        self.health = health
+        self.tracer = tracer
+        self.metrics = metrics
 
     async def run(self, targets: list[Target], payload: dict[str, Any], stream: bool) -> Outcome:
         """A chat request's attempts (the hot path: one small job object per request)."""
