@@ -144,6 +144,20 @@ def _sqlite_chunks(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], 
     return full, tuple(chain.from_iterable(rows[cut:]))
 
 
+def insert_ignoring_conflicts(dialect: str, table: sa.Table) -> sa.Insert:
+    """An INSERT that skips a row whose key is taken (INSERT ... ON CONFLICT DO NOTHING in each dialect's
+    spelling); a dialect's module is imported only when used."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return table.insert().prefix_with("IGNORE")  # MySQL / MariaDB
+
+
 async def schema_revision(engine: AsyncEngine) -> str | None:
     try:
         async with engine.connect() as conn:

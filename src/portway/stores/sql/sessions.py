@@ -14,10 +14,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from portway.stores.sql.database import insert_ignoring_conflicts
 from portway.stores.sql.tables import metadata
 
 ID_LENGTH = 64
@@ -86,10 +86,7 @@ def _message(row: Any) -> MessageRow:
 class SessionStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        dialect = engine.dialect.name
-        # INSERT ... ON CONFLICT DO NOTHING, in each dialect's own spelling (both support it).
-        self._insert_new = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self._upsertable = dialect in ("postgresql", "sqlite")
+        self._insert_new = insert_ignoring_conflicts(engine.dialect.name, chat_sessions)
 
     # -- sessions
 
@@ -219,11 +216,7 @@ class SessionStore:
             "updated_at": now,
             "message_count": 0,
         }
-        if self._upsertable:
-            insert = self._insert_new(chat_sessions).values(row).on_conflict_do_nothing(index_elements=["id"])
-            await conn.execute(insert)
-        elif await conn.scalar(sa.select(_s.id).where(_s.id == session_id)) is None:
-            await conn.execute(chat_sessions.insert().values(row))
+        await conn.execute(self._insert_new.values(row))
 
 
 def _values(row: SessionRow) -> dict[str, Any]:

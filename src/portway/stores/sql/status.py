@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from portway.stores.sql.database import insert_ignoring_conflicts
 from portway.stores.sql.tables import metadata
 
 provider_status = sa.Table(
@@ -55,16 +56,7 @@ class StatusStore:
         self.engine = engine
 
     def _insert(self) -> sa.Insert:
-        name = self.engine.dialect.name
-        if name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return pg_insert(provider_status).on_conflict_do_nothing()
-        if name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            return sqlite_insert(provider_status).on_conflict_do_nothing()
-        return provider_status.insert().prefix_with("IGNORE")  # MySQL / MariaDB
+        return insert_ignoring_conflicts(self.engine.dialect.name, provider_status)
 
     async def record(self, checks: Sequence[Check]) -> None:
         """Insert checks; a slot another worker already wrote keeps its row."""
