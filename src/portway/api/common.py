@@ -91,8 +91,8 @@ class ClientAddress:
 
 
 def request_id(request: Request) -> str:
-    """The client's x-request-id (cut to 64 characters), or a fresh one: an id to find a request by, not a
-    secret, so no getrandom syscall per request."""
+    """The request's id: the one api/access.RequestTelemetry set, or by the same rule (telemetry.logs
+    .new_request_id: the client's x-request-id when it is a short printable token, else a fresh one)."""
     rid = REQUEST_ID.get()  # set for every request by api/access.RequestTelemetry
     if rid is None:
         raw = request.headers.get("x-request-id")
