@@ -24,6 +24,15 @@ def free_port() -> int:
         return port
 
 
+def start_of_rate_window(needed: float = 10.0) -> None:
+    """Wait, if need be, until the current minute has `needed` seconds left: rpm limits count in fixed
+    wall-clock minutes (limits/counters.py), and a test that counts to a limit must not see its count reset
+    by a minute boundary half-way."""
+    left = 60.0 - time.time() % 60.0
+    if left < needed:
+        time.sleep(left + 0.05)
+
+
 def _answers_health(port: int) -> bool:
     """One plain-HTTP probe (http.client: an httpx call builds a TLS context, ~25 ms of CPU, each poll)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)

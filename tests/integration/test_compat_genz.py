@@ -17,7 +17,7 @@ import pytest
 
 from tests.fakes.searxng import FakeSearxng
 from tests.fakes.upstream import FakeUpstream
-from tests.integration.server import PortwayProcess
+from tests.integration.server import PortwayProcess, start_of_rate_window
 from tests.integration.test_responses_api import wait_row
 
 # One client for the module's one-off requests (no connection kept between them, as with httpx.get):
@@ -213,6 +213,7 @@ def test_errors(gw: PortwayProcess, http: httpx.Client) -> None:
 
 
 def test_sixty_requests_a_minute_per_ip(gw: PortwayProcess) -> None:
+    start_of_rate_window()  # all 60 in one rpm window
     with httpx.Client(base_url=gw.url, timeout=20, headers={"X-Forwarded-For": _client_ip()}) as client:
         auth = _login(client)  # one of the 60
         for _ in range(59):
