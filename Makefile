@@ -69,7 +69,7 @@ run: $(SERVE_STAMP)
 	$(BIN)/portway serve
 
 test: $(DEV_STAMP)
-	$(BIN)/pytest -q -rs -n 2 --dist loadfile
+	$(BIN)/pytest -q -rs -n 4 --dist loadfile --no-loadscope-reorder
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
