@@ -19,7 +19,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from PIL import Image, UnidentifiedImageError
 from starlette.requests import ClientDisconnect
 
 from portway.api.common import authenticate, reply_headers, request_context, runtime
@@ -265,6 +264,8 @@ async def check_image_edit(form: Form) -> dict[str, Any]:
 
 def image_size(upload: Upload) -> tuple[int, int]:
     """The image's size, after decoding it whole (blocking: run in a thread)."""
+    from PIL import Image, UnidentifiedImageError  # here: ~2 MB per worker, and only image edits need it
+
     param = upload.field.rstrip("[]")
     try:
         with Image.open(upload.path) as im:
