@@ -1,5 +1,7 @@
-"""Anthropic's Messages API for the fake upstream: `POST /v1/messages` (JSON or SSE events) and
-`POST /v1/messages/count_tokens`, errors in Anthropic's shape, the fake's journal.
+"""Anthropic's Messages API for the fake upstream: `POST /v1/messages` (JSON or SSE events),
+`POST /v1/messages/count_tokens` and `GET /v1/models` (MODELS, at most PAGE a page: `limit`, `after_id`,
+`has_more`, `last_id`; upstream.py hands it a listing that carries `anthropic-version` or `x-api-key`),
+errors in Anthropic's shape, the fake's journal (model listings are counted, not journaled).
 
 Answers depend only on the request body:
 - the last user turn holds `tool_result` blocks -> "Result: <their text>" (end_turn);
@@ -40,6 +42,27 @@ if TYPE_CHECKING:
     from tests.fakes.upstream import FakeUpstream
 
 PIECE = 7  # characters of a tool's input JSON per input_json_delta
+PAGE = 2  # models per page of GET /v1/models, whatever `limit` asks: MODELS come in two pages
+MODELS: list[dict[str, Any]] = [
+    {
+        "type": "model",
+        "id": "claude-sonnet-4-5-20250929",
+        "display_name": "Claude Sonnet 4.5",
+        "created_at": "2025-09-29T00:00:00Z",
+    },
+    {
+        "type": "model",
+        "id": "claude-opus-4-1-20250805",
+        "display_name": "Claude Opus 4.1",
+        "created_at": "2025-08-05T00:00:00Z",
+    },
+    {
+        "type": "model",
+        "id": "claude-3-5-haiku-20241022",
+        "display_name": "Claude Haiku 3.5",
+        "created_at": "2024-10-22T00:00:00Z",
+    },
+]
 _ERRORS = {
     400: ("invalid_request_error", "Fake upstream rejected the request."),
     401: ("authentication_error", "invalid x-api-key"),
@@ -351,6 +374,36 @@ async def _messages(up: FakeUpstream, request: web.Request) -> web.StreamRespons
         if isinstance(exc, asyncio.CancelledError):
             raise
         return web.Response()
+
+
+async def list_models(up: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    """`GET /v1/models` as Anthropic answers it; faults as for the OpenAI listing (`up.models_fault`, the
+    key: none or `bad*` -> 401), never the chat scripts."""
+    key = request.headers.get("x-api-key")
+    fault = up.models_fault or up._pick_fault(request, None, key, scripted=False)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    rec = RecordedRequest(request.path_qs, None, key, False, None, headers, fault)
+    up.count_listing()
+    if fault != "ok":
+        return await _http_fault(up, request, rec)
+    if "anthropic-version" not in rec.headers:
+        return await _send(up, request, rec, 400, error_body(400, "anthropic-version: header is required"))
+    limit = request.query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        return await _send(up, request, rec, 400, error_body(400, "limit: must be between 1 and 1000"))
+    ids = [m["id"] for m in MODELS]
+    after = request.query.get("after_id")
+    if after is not None and after not in ids:
+        return await _send(up, request, rec, 400, error_body(400, f"after_id: unknown model {after!r}"))
+    start = 0 if after is None else ids.index(after) + 1
+    page = MODELS[start : start + min(int(limit), PAGE)]
+    body = {
+        "data": page,
+        "has_more": start + len(page) < len(MODELS),
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }
+    return await _send(up, request, rec, 200, body)
 
 
 async def _http_fault(up: FakeUpstream, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:

@@ -16,6 +16,10 @@ Answers depend only on the request:
 Usage: prompt = words of every text part; candidates = words (or one per call); a `*think*` model adds 5
 thought tokens (and thought signatures), a `*cache*` model reports 2 cached tokens.
 
+`GET /v1beta/models` (and `/v1/...`) lists MODELS, at most PAGE a page (`pageSize`, `pageToken`,
+`nextPageToken`); the key in `x-goog-api-key` as for chat, `up.models_fault` fails it, and it is counted in
+`up.model_listings`, not journaled.
+
 Faults as for chat (header, script, `model@fault`, key; `bad*` / no key -> Gemini's 400 API_KEY_INVALID,
 `forbidden*` -> 403 PERMISSION_DENIED, `429:N` -> RESOURCE_EXHAUSTED with RetryInfo N s), plus
 `@streamerror` (an error event 0.2 s after the first one), `@blocked` (promptFeedback.blockReason, no
@@ -51,6 +55,43 @@ _STATUS = {
     503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
 }
 _OWN_FAULTS = {"streamerror", "blocked", "empty"}
+PAGE = 2  # models per page of GET models, whatever `pageSize` asks: MODELS come in two pages
+_CHAT_METHODS = ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"]
+MODELS: list[dict[str, Any]] = [
+    {
+        "name": "models/gemini-2.0-flash",
+        "version": "2.0",
+        "displayName": "Gemini 2.0 Flash",
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 8192,
+        "supportedGenerationMethods": _CHAT_METHODS,
+    },
+    {
+        "name": "models/text-embedding-004",  # not a chat model: portway's gemini type does not list it
+        "version": "004",
+        "displayName": "Text Embedding 004",
+        "inputTokenLimit": 2048,
+        "outputTokenLimit": 1,
+        "supportedGenerationMethods": ["embedContent"],
+    },
+    {
+        "name": "models/gemini-2.5-pro",
+        "version": "2.5",
+        "displayName": "Gemini 2.5 Pro",
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": _CHAT_METHODS,
+        "thinking": True,
+    },
+    {
+        "name": "models/gemma-3-27b-it",
+        "version": "001",
+        "displayName": "Gemma 3 27B",
+        "inputTokenLimit": 131072,
+        "outputTokenLimit": 8192,
+        "supportedGenerationMethods": ["generateContent", "countTokens"],
+    },
+]
 _TOP = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings"}
 _GENERATION = {
     "temperature", "topP", "topK", "candidateCount", "maxOutputTokens", "stopSequences", "seed",
@@ -67,6 +108,7 @@ _PART_DATA = ("text", "inlineData", "fileData", "functionCall", "functionRespons
 
 def add_routes(up: FakeUpstream, app: web.Application) -> None:
     app.router.add_post("/{version:v1beta|v1}/models/{target}", partial(_generate, up))
+    app.router.add_get("/{version:v1beta|v1}/models", partial(_list_models, up))
 
 
 def error_body(status: int, message: str | None = None, reason: str | None = None) -> dict[str, Any]:
@@ -120,6 +162,39 @@ async def _generate(up: FakeUpstream, request: web.Request) -> web.StreamRespons
     if not rec.stream:
         return await _send(up, request, rec, 200, merge_events(events))
     return await _stream(up, request, rec, events, _gap(kind, arg), kind == "cut")
+
+
+async def _list_models(up: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    key = request.headers.get("x-goog-api-key")
+    fault = up.models_fault or up._pick_fault(request, None, key, scripted=False)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    rec = RecordedRequest(request.path_qs, None, key, False, None, headers, fault)
+    up.count_listing()
+    if "key" in request.query:
+        return await _send(up, request, rec, 400, error_body(400, "the fake refuses an API key in the URL"))
+    if fault != "ok":
+        try:
+            kind, arg = parse_fault(fault)
+        except ValueError as exc:
+            return await _send(up, request, rec, 400, error_body(400, str(exc)))
+        return await _fault(up, request, rec, kind, arg)
+    size = request.query.get("pageSize", "50")
+    if not size.isdigit() or int(size) < 1:
+        return await _send(up, request, rec, 400, error_body(400, "pageSize must be positive"))
+    token = request.query.get("pageToken")
+    start = 0 if token is None else _page_start(token)
+    if start is None:
+        return await _send(up, request, rec, 400, error_body(400, "Invalid page token."))
+    end = start + min(int(size), PAGE)
+    body: dict[str, Any] = {"models": MODELS[start:end]}
+    if end < len(MODELS):
+        body["nextPageToken"] = f"Ch{end}/+="  # opaque, with characters that must be quoted in a URL
+    return await _send(up, request, rec, 200, body)
+
+
+def _page_start(token: str) -> int | None:
+    digits = token.removeprefix("Ch").removesuffix("/+=")
+    return int(digits) if digits.isdigit() and token == f"Ch{digits}/+=" else None
 
 
 def _gap(kind: str, arg: str) -> float:

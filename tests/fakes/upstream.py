@@ -275,7 +275,8 @@ class FakeUpstream:
         self._bound_port: int | None = None
         self.videos = FakeVideos(self)  # OpenAI's video jobs (tests/fakes/videos.py)
         # GET /models: None answers MODEL_IDS (OpenAI's shape); a list (OPENROUTER_MODELS, say) is answered
-        # as it is; `models_fault` ("503", "hang"...) fails every listing, for a provider that is down.
+        # as it is; `models_fault` ("503", "hang"...) fails every listing, for a provider that is down
+        # (Anthropic's and Gemini's listings too: tests/fakes/anthropic.py, gemini.py).
         self.models_data: list[dict[str, Any]] | None = None
         self.models_fault: str | None = None
         self.model_listings = 0
@@ -454,7 +455,15 @@ class FakeUpstream:
         answer = chat_tools.tool_answer(body or {}) or build_answer(body or {})  # tools: chat_tools.py
         return await self._guard(request, rec, answer.completion(), answer)
 
+    def count_listing(self) -> None:
+        with self._lock:
+            self.model_listings += 1
+
     async def _models(self, request: web.Request) -> web.StreamResponse:
+        if "anthropic-version" in request.headers:  # every Anthropic client sends it; OpenAI's never do
+            from tests.fakes import anthropic  # Anthropic's GET /v1/models: same path, its own shape
+
+            return await anthropic.list_models(self, request)
         key = _bearer(request)
         # Scripts are for chat traffic only: a gateway's background model listing must not eat them, nor
         # show in the journal (tests read it for their own calls); `model_listings` counts them instead.
@@ -462,8 +471,7 @@ class FakeUpstream:
         fault = self.models_fault or fault
         headers = {k.lower(): v for k, v in request.headers.items()}
         rec = RecordedRequest(request.path, None, key, False, None, headers, fault)
-        with self._lock:
-            self.model_listings += 1
+        self.count_listing()
         data = self.models_data
         if data is None:
             data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in MODEL_IDS]

@@ -5,12 +5,14 @@ https://api.anthropic.com). The translation is pure and golden-tested (providers
 module drives it over the shared Transport as openai_compat does: errors classified the same way (529
 overloaded is a server error), a stream committed once its first whole event is in (an `error` event
 before that still falls back). `/v1/messages` from a client to this upstream is passed through
-untranslated: `messages_passthrough` (`speaks_messages` says a provider has it).
+untranslated: `messages_passthrough` (`speaks_messages` says a provider has it). `list_models` reads
+`GET {base_url}/v1/models` page by page (`after_id`) for the model catalog.
 """
 
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Protocol
 
@@ -40,11 +42,14 @@ from portway.providers.base import (
     UpstreamFailure,
     Usage,
 )
+from portway.providers.listing import ListedModel, ListedPage, parse_anthropic_models
 from portway.providers.media import Task
 from portway.providers.openai_compat import (
     GATEWAY_ONLY_FIELDS,
     _failure,
     classify_http_error,
+    collect_pages,
+    get_json,
     open_event_stream,
 )
 from portway.providers.sse import EventSplitter, EventTooLarge
@@ -126,6 +131,7 @@ class AnthropicProvider(BaseProvider):
         # The SDK's base URL has no /v1 (it adds /v1/messages); one written with it works the same.
         root = (settings.base_url or DEFAULT_BASE_URL).rstrip("/").removesuffix("/v1")
         self._url = root + MESSAGES_PATH
+        self._models_url = root + "/v1/models?limit=1000"  # Anthropic's largest page
         self._tls = (
             None
             if settings.verify and not settings.ca_file
@@ -148,6 +154,20 @@ class AnthropicProvider(BaseProvider):
             headers["x-api-key"] = key
         return WireRequest("POST", self._url, headers, orjson.dumps(body), self._tls)
 
+    def list_request(self, key: str | None, after: str | None) -> WireRequest:
+        """`GET /v1/models?limit=1000`, the next page `&after_id=` the last id of the one before."""
+        headers = {
+            "Accept": "application/json",
+            "anthropic-version": self.options.anthropic_version,
+            **self.settings.headers,
+        }
+        if key is not None:
+            headers["x-api-key"] = key
+        url = self._models_url
+        if after is not None:
+            url += "&after_id=" + urllib.parse.quote(after, safe="")
+        return WireRequest("GET", url, headers, b"", self._tls)
+
     def build_chat_request(self, call: ChatCall) -> tuple[WireRequest, str | None]:
         """The wire request for a chat completions call, and the JSON answer's tool (if any)."""
         body, json_tool = build_messages_body(call.payload, call.model, call.stream, self.options)
@@ -166,6 +186,15 @@ class AnthropicProvider(BaseProvider):
         return classify_http_error(status, headers, body, key, error_fields)
 
     # -- IO --------------------------------------------------------------------------------------------
+
+    async def list_models(self, key: str | None, timeout: float) -> list[ListedModel]:
+        """Anthropic's own list, every page (providers/listing.py parse_anthropic_models)."""
+
+        async def page(after: str | None, left: float) -> ListedPage:
+            req = self.list_request(key, after)
+            return parse_anthropic_models(await get_json(self.transport, req, left, key, self.classify_error))
+
+        return await collect_pages(page, timeout)
 
     async def chat(self, call: ChatCall) -> Completion | ChatStream:
         req, json_tool = self.build_chat_request(call)

@@ -7,7 +7,8 @@ goes in `x-goog-api-key`, never in the URL, and never into an error we relay.
 The translation is pure and golden-tested (`gemini_translate`: messages, tools, answers and streams;
 `gemini_schema`: JSON Schema -> Gemini's Schema); this module classifies Google's errors and drives the
 translation over the shared Transport like `openai_compat`: a stream is returned once its first event has
-arrived and been translated, so an upstream error up to then still falls back.
+arrived and been translated, so an upstream error up to then still falls back. `list_models` reads
+`GET {base_url}/{api_version}/models` page by page (`pageToken`) for the model catalog.
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ from portway.providers.gemini_translate import (
     completion_from,
     new_call_id,
 )
+from portway.providers.listing import ListedModel, ListedPage, parse_gemini_models
 from portway.providers.openai_compat import (
     _MAX_FIELD,
     _MAX_MESSAGE,
     _failure,
     _status_kind,
+    collect_pages,
+    get_json,
     mask_key,
     open_event_stream,
     parse_retry_after,
@@ -176,6 +180,17 @@ class GeminiProvider(BaseProvider):
         url = f"{self._root}/{model_path(call.model)}{action}"
         return WireRequest("POST", url, headers, orjson.dumps(body), self._tls)
 
+    def list_request(self, key: str | None, token: str | None) -> WireRequest:
+        """`GET models?pageSize=1000` (Google's largest page), the next page `&pageToken=` the last page's
+        nextPageToken; the key in its header, as for chat."""
+        headers = {"Accept": "application/json", **self.settings.headers}
+        if key is not None:
+            headers["x-goog-api-key"] = key
+        url = f"{self._root}/models?pageSize=1000"
+        if token is not None:
+            url += "&pageToken=" + urllib.parse.quote(token, safe="")
+        return WireRequest("GET", url, headers, b"", self._tls)
+
     def parse_chat_response(self, body: bytes, model: str, new_id: NewId = new_call_id) -> Completion:
         try:
             obj = orjson.loads(body)
@@ -186,6 +201,15 @@ class GeminiProvider(BaseProvider):
         completion = completion_from(obj, model, new_id, int(time.time()))
         usage = Usage.from_openai(completion.get("usage"))
         return Completion(orjson.dumps(completion), usage, completion["model"])
+
+    async def list_models(self, key: str | None, timeout: float) -> list[ListedModel]:
+        """Gemini's own list, every page; only models that answer generateContent (listing.py)."""
+
+        async def page(token: str | None, left: float) -> ListedPage:
+            req = self.list_request(key, token)
+            return parse_gemini_models(await get_json(self.transport, req, left, key, classify_error))
+
+        return await collect_pages(page, timeout)
 
     async def chat(self, call: ChatCall) -> Completion | ChatStream:
         req = self.build_chat_request(call)

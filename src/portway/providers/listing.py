@@ -5,16 +5,26 @@ OpenAI's own (id, created, owned_by), OpenRouter's (per-token `pricing` strings,
 `architecture.modality` / `input_modalities` / `output_modalities`) and Hugging Face's router (a
 `providers` list, each with its own `pricing` per 1M tokens and `context_length`). Prices come out in USD
 per 1M tokens whatever the source said.
+
+The native lists come a page at a time, each page a `ListedPage` (its models and the cursor of the next):
+`parse_anthropic_models` reads Anthropic's `GET /v1/models` (`data`, `has_more`, `last_id`; `created_at` in
+RFC 3339) and `parse_gemini_models` Gemini's `GET /{version}/models` (`models`, `nextPageToken`; only the
+models that answer `generateContent`: embedding-only models are skipped, since the gemini type serves chat
+only). The providers' IO walks the pages (openai_compat.collect_pages).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeGuard
 
 MAX_MODELS = 5000  # one provider's list is bounded: a broken or hostile upstream cannot fill the catalog
 _MAX_ID = 200
+_MAX_CURSOR = 1000  # a page cursor longer than this is no cursor: the listing ends there
+_CLAUDE_IN = ("text", "image")
+_GEMINI_IN = ("text", "image", "audio")  # what gemini_translate sends a Gemini model
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +43,14 @@ class ListedModel:
     free: bool | None = None  # the provider says so (OpenRouter's `:free` variants)
 
 
+@dataclass(frozen=True, slots=True)
+class ListedPage:
+    """One page of a paged list: its models, and the cursor of the next page (None: the last)."""
+
+    models: list[ListedModel]
+    next: str | None = None
+
+
 def parse_model_list(obj: Any) -> list[ListedModel]:
     """The models of a `/models` answer (`{"data": [...]}` or a bare list); entries it cannot read are
     skipped, never an error: one odd model must not cost the catalog the provider's other models."""
@@ -47,11 +65,80 @@ def parse_model_list(obj: Any) -> list[ListedModel]:
     return out
 
 
+def parse_anthropic_models(obj: Any) -> ListedPage:
+    """A page of Anthropic's `GET /v1/models`: `{"data": [{"type": "model", "id", "display_name",
+    "created_at"}], "has_more", "first_id", "last_id"}`. Every Claude model reads text and images; a
+    `capabilities.image_input.supported: false` says otherwise, `max_input_tokens` (when sent) is the
+    context length."""
+    items = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(items, list):
+        return ListedPage([])
+    out: list[ListedModel] = []
+    for item in items[:MAX_MODELS]:
+        if not isinstance(item, dict) or item.get("type", "model") != "model":
+            continue
+        if not _valid_id(item.get("id")):
+            continue
+        caps = item.get("capabilities")
+        image = caps.get("image_input") if isinstance(caps, dict) else None
+        text_only = isinstance(image, dict) and image.get("supported") is False
+        ins = ("text",) if text_only else _CLAUDE_IN
+        created = _rfc3339(item.get("created_at"))
+        out.append(ListedModel(item["id"], created, ins, context_length=_int(item.get("max_input_tokens"))))
+    more = isinstance(obj, dict) and obj.get("has_more") is True
+    return ListedPage(out, _cursor(obj.get("last_id")) if more and isinstance(obj, dict) else None)
+
+
+def parse_gemini_models(obj: Any) -> ListedPage:
+    """A page of Gemini's `GET /{version}/models`: `{"models": [{"name": "models/…", "inputTokenLimit",
+    "supportedGenerationMethods": [...]}], "nextPageToken"}`; the id is the name without `models/`, the
+    context length `inputTokenLimit`. Gemini models read text, images and audio; others (Gemma...) text."""
+    items = obj.get("models") if isinstance(obj, dict) else None
+    if not isinstance(items, list):
+        return ListedPage([])
+    out: list[ListedModel] = []
+    for item in items[:MAX_MODELS]:
+        if not isinstance(item, dict):
+            continue
+        methods = item.get("supportedGenerationMethods")
+        if not isinstance(methods, list) or "generateContent" not in methods:
+            continue  # embeddings, AQA, Imagen...: nothing the gemini type serves
+        name = item.get("name")
+        mid = name.removeprefix("models/") if isinstance(name, str) else None
+        if not _valid_id(mid) or "/" in mid:
+            continue
+        ins = _GEMINI_IN if mid.startswith("gemini-") else ("text",)
+        out.append(ListedModel(mid, modalities_in=ins, context_length=_int(item.get("inputTokenLimit"))))
+    return ListedPage(out, _cursor(obj.get("nextPageToken")) if isinstance(obj, dict) else None)
+
+
+def _valid_id(mid: Any) -> TypeGuard[str]:
+    return isinstance(mid, str) and 0 < len(mid) <= _MAX_ID and mid.isprintable()
+
+
+def _cursor(value: Any) -> str | None:
+    ok = isinstance(value, str) and 0 < len(value) <= _MAX_CURSOR and value.isprintable()
+    return value if ok else None
+
+
+def _rfc3339(value: Any) -> int | None:
+    """Unix seconds of an RFC 3339 time ("2025-02-19T00:00:00Z"); one without a zone is taken as UTC."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    seconds = int(when.timestamp())
+    return seconds if seconds > 0 else None
+
+
 def _listed(item: Any) -> ListedModel | None:
     if not isinstance(item, dict):
         return None
     mid = item.get("id")
-    if not isinstance(mid, str) or not mid or len(mid) > _MAX_ID or not mid.isprintable():
+    if not _valid_id(mid):
         return None
     created = item.get("created")
     inputs, outputs = _modalities(item.get("architecture"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
 import orjson
@@ -27,7 +27,7 @@ from portway.providers.base import (
     UpstreamFailure,
     Usage,
 )
-from portway.providers.listing import ListedModel, parse_model_list
+from portway.providers.listing import MAX_MODELS, ListedModel, ListedPage, parse_model_list
 from portway.providers.media import MediaCall, MediaResult, Task
 from portway.providers.sse import EventSplitter, EventTooLarge, event_data
 
@@ -37,6 +37,7 @@ _MAX_FIRST_EVENT = 256 * 1024  # an upstream that sends this much without one SS
 _MAX_MESSAGE = 2000  # characters of an upstream's error message relayed to the client
 _MAX_FIELD = 200  # characters of an upstream's error code / param relayed to the client
 _KEY_GRAM = 8  # any run of this many characters of the key counts as (part of) the key
+_MAX_PAGES = 50  # pages of one model list: an upstream whose cursors never end cannot keep us paging
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -211,17 +212,7 @@ class OpenAICompatProvider(BaseProvider):
             headers[self.auth_header] = self.auth_scheme + key
         url = (self.settings.base_url or "").rstrip("/") + "/models"
         req = WireRequest("GET", url, headers, b"", self._tls)
-        try:
-            async with await self.transport.send(req, timeout=timeout) as resp:
-                body = await resp.read()
-        except (TransportError, OSError) as exc:
-            raise _failure(exc, f"no model list within {timeout:g}s") from None
-        if resp.status >= 400:
-            raise self.classify_error(resp.status, resp.headers, body, key)
-        try:
-            return parse_model_list(orjson.loads(body))
-        except orjson.JSONDecodeError:
-            raise UpstreamFailure(FailureKind.BAD_RESPONSE, "a model list that is not JSON") from None
+        return parse_model_list(await get_json(self.transport, req, timeout, key, self.classify_error))
 
     async def media(self, call: MediaCall) -> MediaResult:
         if call.task is Task.VIDEO:
@@ -286,6 +277,53 @@ async def open_event_stream(
             resp.close()
         raise
     return resp, splitter, first
+
+
+async def get_json(
+    transport: Transport,
+    req: WireRequest,
+    timeout: float,
+    key: str | None,
+    classify: Callable[[int, Any, bytes, str | None], UpstreamFailure],
+) -> Any:
+    """The parsed JSON body of a request answered within `timeout` (model lists): an error status is
+    `classify`'s failure, a transport error or a body that is not JSON an UpstreamFailure."""
+    try:
+        async with await transport.send(req, timeout=timeout) as resp:
+            body = await resp.read()
+    except (TransportError, OSError) as exc:
+        raise _failure(exc, f"no model list within {timeout:g}s") from None
+    if resp.status >= 400:
+        raise classify(resp.status, resp.headers, body, key)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamFailure(FailureKind.BAD_RESPONSE, "a model list that is not JSON") from None
+
+
+async def collect_pages(
+    fetch: Callable[[str | None, float], Awaitable[ListedPage]], timeout: float
+) -> list[ListedModel]:
+    """Every page of a paged model list, `fetch(cursor, seconds_left)` for each, within one `timeout`:
+    a list cut short would drop models from the catalog, so running out of time fails the whole list
+    (the catalog then serves the last one). Ends at the last page, a cursor seen before, MAX_MODELS models
+    or _MAX_PAGES pages."""
+    deadline = time.monotonic() + timeout
+    models: dict[str, ListedModel] = {}
+    cursor: str | None = None
+    seen: set[str] = set()
+    for _ in range(_MAX_PAGES):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UpstreamFailure(FailureKind.TIMEOUT, f"no model list within {timeout:g}s")
+        page = await fetch(cursor, left)
+        for model in page.models:
+            models.setdefault(model.model, model)
+        if page.next is None or page.next in seen or len(models) >= MAX_MODELS:
+            break
+        seen.add(page.next)
+        cursor = page.next
+    return list(models.values())[:MAX_MODELS]
 
 
 def _failure(exc: BaseException, timeout_message: str) -> UpstreamFailure:

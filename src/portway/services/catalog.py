@@ -15,12 +15,12 @@ Contract (the Runtime has one as `rt.catalog`; the compat helpers call it):
   rather than this worker's own fetch; `catalog.stale`: some provider's list is older than the TTL or its
   last fetch failed (then its last good list is served).
 
-Where each field comes from: the provider's own list (`Provider.list_models`: OpenAI-compatible
-`/models`, OpenRouter's pricing/context/modalities, Hugging Face's providers; the local model lists its
-own), else the bundled table (usage/prices.json), with prices resolved by `usage.cost.Pricing` (config
-first: the operator's override). A model's `created` is its provider's, else the table's, else when portway
-first saw it (stored), never the server's start. The listed prices are handed to `Pricing` after each merge,
-so request costs use them too.
+Where each field comes from: the provider's own list (`Provider.list_models`: OpenAI-compatible `/models`,
+OpenRouter's pricing/context/modalities, Hugging Face's providers; Anthropic's and Gemini's own paged lists;
+the local model lists its own), else the bundled table (usage/prices.json), with prices resolved by
+`usage.cost.Pricing` (config first: the operator's override). A model's `created` is its provider's, else
+the table's, else when portway first saw it (stored), never the server's start. The listed prices are handed
+to `Pricing` after each merge, so request costs use them too.
 """
 
 from __future__ import annotations
