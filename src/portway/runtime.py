@@ -23,7 +23,7 @@ from portway.routing.attempts import AttemptRunner
 from portway.routing.health import Health
 from portway.routing.keypool import KeyPool
 from portway.routing.router import Router
-from portway.services.cache import CacheStore, MemoryCacheStore, ResponseCache
+from portway.services.cache import CacheStore, LazyCacheStore, MemoryCacheStore, ResponseCache
 from portway.services.catalog import Catalog
 from portway.services.chat import ChatService
 from portway.services.history import HistoryService
@@ -115,7 +115,7 @@ class Runtime:
         self.catalog = Catalog(self.providers, self.pools, self.router, self.pricing, store, cfg.catalog)
         self.admission = Admission(self.counters, self.pricing, cfg.limits)
         self.chat = ChatService(self.router, self.runner, self.admission, self._record)
-        self.chat.cache = self._response_cache()  # None unless cache.enabled_for names a model
+        self.chat.cache = self._response_cache()  # always: a key may opt in (its `cache` field)
         self.search = self._search()  # GET /v1/search
         # Chat history: sessions, and the turns completions naming one append (written in the background).
         self.history = HistoryService(SessionStore(self.db.engine), cfg.history)
@@ -176,11 +176,9 @@ class Runtime:
 
         return RequestMetrics(models), tracer, Sampler(breakers, writer)
 
-    def _response_cache(self) -> ResponseCache | None:
+    def _response_cache(self) -> ResponseCache:
         """The response cache's store: cache.store, or (auto) Redis when configured, else the database."""
         cc = self.cfg.cache
-        if not cc.enabled_for:
-            return None
         store: CacheStore
         kind = cc.store
         if kind == "auto":
@@ -191,9 +189,14 @@ class Runtime:
             url = self.settings.redis_url
             if not url:
                 raise ConfigError("cache.store: redis needs PORTWAY_REDIS_URL")
-            from portway.stores.redis_cache import RedisCacheStore  # redis-py only when configured
+            timeout = self.settings.redis_connect_timeout
 
-            store = RedisCacheStore(url, connect_timeout=self.settings.redis_connect_timeout)
+            def open_redis() -> CacheStore:
+                from portway.stores.redis_cache import RedisCacheStore  # redis-py only once it is used
+
+                return RedisCacheStore(url, connect_timeout=timeout)
+
+            store = LazyCacheStore("redis", open_redis)
         else:
             store = SqlCacheStore(self.db.engine)
         return ResponseCache(cc, store)

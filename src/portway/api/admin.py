@@ -75,7 +75,9 @@ async def get_key(key_id: Ident, request: Request) -> Response:
     return json_response(key_json(await identity(request).keys.get(key_id)))
 
 
-@router.patch("/keys/{key_id}", summary="Change a key's name, limits, allowed models, expiry or metadata")
+@router.patch(
+    "/keys/{key_id}", summary="Change a key's name, limits, allowed models, expiry, metadata or cache"
+)
 async def update_key(key_id: Ident, body: KeyUpdate, request: Request) -> Response:
     return json_response(key_json(await identity(request).keys.update(key_id, body)))
 

@@ -21,6 +21,7 @@ from portway.api.validation import parse_json_object, validate_chat
 from portway.errors import MethodNotAllowed, PayloadTooLarge, PortwayError, ValidationError, send_error
 from portway.identity.auth import bearer_token
 from portway.runtime import Runtime
+from portway.services.cache import request_mode
 from portway.services.chat import ChatReply, RequestContext
 from portway.services.history import named_session
 from portway.telemetry.logs import REQUEST_ID, new_request_id
@@ -63,7 +64,6 @@ class ChatCompletionsApp:
         self.limit = runtime.cfg.server.max_body_bytes
         trusted = runtime.cfg.server.trusted_proxies
         self.client_address = ClientAddress(trusted) if trusted else None
-        self.caching = runtime.chat.cache is not None  # the response cache (cache.enabled_for) is on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -117,9 +117,9 @@ class ChatCompletionsApp:
         if self.client_address is not None:  # server.trusted_proxies: no work per request without it
             ip = self.client_address.resolve(ip, scope["headers"])
         ctx = RequestContext(request_id, principal, started, ip, len(raw))
-        if self.caching:  # the response cache: x-portway-cache: force | skip
-            mode = h.get(b"x-portway-cache")
-            ctx.cache_mode = mode.decode("latin-1").strip().lower() if mode else None
+        mode = h.get(b"x-portway-cache")  # the response cache: force | skip
+        if mode is not None:
+            ctx.cache_mode = request_mode(mode.decode("latin-1"))
         session = h.get(b"x-portway-session")
         if session is not None or "metadata" in body:  # chat history: one lookup when no session is named
             ctx.session, ctx.prepend = named_session(body, session, h.get(b"x-portway-history"))

@@ -15,6 +15,8 @@ from fastapi.responses import Response
 from portway.api.departure import Departure
 from portway.identity.auth import Principal, bearer_token
 from portway.runtime import Runtime
+from portway.services.cache import HEADER as CACHE_HEADER
+from portway.services.cache import request_mode
 from portway.services.chat import ChatReply, RequestContext
 from portway.services.history import named_session
 from portway.services.media import MediaReply
@@ -126,6 +128,7 @@ def request_context(
     ctx = RequestContext(
         rid or request_id(request), principal, started, client_ip(request), size, endpoint=endpoint
     )
+    ctx.cache_mode = request_mode(request.headers.get(CACHE_HEADER))  # the response cache: force | skip
     session = request.headers.get("x-portway-session")
     if session is not None:  # chat history on the protocols served by chat (responses, messages): header only
         ctx.session, ctx.prepend = named_session({}, session, request.headers.get("x-portway-history"))
@@ -159,13 +162,16 @@ async def chat_reply(
 
 def reply_headers(reply: ChatReply | MediaReply, request_id: str) -> dict[str, str]:
     """The headers every answer of a protocol route carries: who served it, the request id, the caller's
-    x-ratelimit-* and, when known before the body, its cost."""
+    x-ratelimit-*, x-portway-cache (hit or miss, when the response cache was consulted) and, when known
+    before the body, its cost."""
     headers = {
         "x-portway-provider": reply.provider,
         "x-portway-model": reply.model,
         "x-request-id": request_id,
         **(reply.headers or {}),
     }
+    if isinstance(reply, ChatReply) and reply.cache is not None:
+        headers[CACHE_HEADER] = reply.cache
     if reply.cost is not None:
         headers[COST_HEADER] = cost_header(reply.cost)
     return headers

@@ -151,7 +151,8 @@ async def _serve(
     reply, departure = done
     headers = reply_headers(reply, ctx.request_id)
     headers["request-id"] = ctx.request_id  # Anthropic's name for it (the SDK shows it as `_request_id`)
-    passthrough = getattr(rt.providers.get(reply.provider), "speaks_messages", False)
+    # A cache hit is a chat completion whoever served it first (passed-through answers are not kept).
+    passthrough = reply.cache != "hit" and getattr(rt.providers.get(reply.provider), "speaks_messages", False)
     stop = payload.get("stop") or ()
     if reply.stream is None:
         if passthrough:

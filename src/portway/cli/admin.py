@@ -84,6 +84,12 @@ def with_limits(command: Callable[..., None]) -> Callable[..., None]:
 Models = Annotated[
     list[str] | None, typer.Option("--model", help="an allowed model pattern (repeat it)", show_default=False)
 ]
+Cache = Annotated[
+    bool | None,
+    typer.Option(
+        "--cache/--no-cache", help="the response cache for every model it asks for", show_default=False
+    ),
+]
 Limit = Annotated[int, typer.Option(help="page size")]
 Offset = Annotated[int, typer.Option(help="items to skip")]
 
@@ -177,6 +183,7 @@ def key_create(
         float | None, typer.Option(help="seconds until it expires", show_default=False)
     ] = None,
     metadata: Annotated[str | None, typer.Option(help="a JSON object kept with the key")] = None,
+    cache: Cache = None,
     json: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
@@ -189,6 +196,7 @@ def key_create(
         **limits.fields(),
         expires_in_seconds=expires_in,
         metadata=_metadata(metadata),
+        cache=cache,
     )
     with Server.connect(url, key) as server:
         _new_key(server.post("/admin/keys", body), json)
@@ -221,11 +229,12 @@ def key_list(
             cell(k.get("user_id")),
             _limits(k),
             cell(k.get("allowed_models")),
+            cell(k.get("cache")),
             cell(k.get("last_used_at")),
         ]
         for k in answer.get("data") or []
     ]
-    columns = ["id", "name", "prefix", "status", "user", "limits", "models", "last used"]
+    columns = ["id", "name", "prefix", "status", "user", "limits", "models", "cache", "last used"]
     _page(answer, json, "keys", columns, rows)
 
 
@@ -254,17 +263,20 @@ def key_update(
     limits: LimitOptions = NO_LIMITS,
     expires_in: Annotated[float | None, typer.Option(help="seconds from now until it expires")] = None,
     metadata: Annotated[str | None, typer.Option(help="a JSON object (replaces the old one)")] = None,
+    cache: Cache = None,
     json: JsonOption = False,
     url: UrlOption = DEFAULT_URL,
     key: KeyOption = None,
 ) -> None:
-    """Change a key's name, allowed models, limits, expiry or metadata (options not given are kept)."""
+    """Change a key's name, allowed models, limits, expiry, metadata or response cache (options not given
+    are kept)."""
     body = _changes(
         name=name,
         allowed_models=model,
         **limits.fields(),
         expires_in_seconds=expires_in,
         metadata=_metadata(metadata),
+        cache=cache,
     )
     with Server.connect(url, key) as server:
         _details(server.patch(f"/admin/keys/{key_id}", body), json, f"key {key_id}")

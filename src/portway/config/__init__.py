@@ -327,7 +327,8 @@ class SearchConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """The response cache: exact-match answers of chat completions, opt-in per model name or alias."""
+    """The response cache: exact-match answers of chat completions, opt-in per model name or alias, or per
+    virtual key (its `cache` field)."""
 
     enabled_for: list[str] = Field(
         default_factory=list, description='model names, aliases or globs ("fast", "groq/*") answered from it'

@@ -27,6 +27,7 @@ class Principal:
     allowed_models: tuple[str, ...] | None = None  # glob patterns (aliases included); None = any model
     key_limits: LimitSpec | None = None
     user_limits: LimitSpec | None = None
+    cache: bool = False  # the response cache for every model (a key's `cache`), not only cache.enabled_for
 
 
 MASTER = Principal("master", is_admin=True)

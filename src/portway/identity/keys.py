@@ -40,6 +40,7 @@ def key_json(key: KeyRow, now: float | None = None) -> dict[str, Any]:
         "allowed_models": key.allowed_models,
         **limit_values(key),
         "metadata": key.meta or {},
+        "cache": key.cache,
     }
 
 
@@ -83,6 +84,7 @@ class KeyService:
             allowed_models=body.allowed_models,
             **limit_values(body),
             meta=body.metadata or {},
+            cache=body.cache,
         )
         await self.store.insert_key(row)
         self._on_change(row)  # a negative cache entry for this hash would otherwise hide it for 2 s
@@ -110,7 +112,7 @@ class KeyService:
     async def update(self, key_id: str, body: KeyUpdate) -> KeyRow:
         values: dict[str, Any] = body.changes()
         fields_set = body.model_fields_set
-        for name in ("name", "allowed_models"):
+        for name in ("name", "allowed_models", "cache"):
             if name in fields_set:
                 values[name] = getattr(body, name)
         if "metadata" in fields_set:

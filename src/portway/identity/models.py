@@ -139,6 +139,7 @@ class KeyCreate(LimitInput, _Expiry):
     user_id: str | None = Field(default=None, max_length=32)
     allowed_models: list[str] | None = None
     metadata: dict[str, Any] | None = None
+    cache: bool = Field(default=False, description="the response cache for every model it asks for")
 
     _models = field_validator("allowed_models")(_check_models)
     _meta = field_validator("metadata")(_check_metadata)
@@ -155,13 +156,14 @@ class KeyUpdate(LimitPatch, _Expiry):
     name: str | None = Field(default=None, max_length=256)
     allowed_models: list[str] | None = None
     metadata: dict[str, Any] | None = None
+    cache: bool | None = None
 
     _models = field_validator("allowed_models")(_check_models)
     _meta = field_validator("metadata")(_check_metadata)
 
     @model_validator(mode="after")
     def _required(self) -> KeyUpdate:
-        _no_nulls(self, ("name",))
+        _no_nulls(self, ("name", "cache"))
         return self
 
 

@@ -112,6 +112,7 @@ def _key_principal(key: KeyRow, owner: UserRow | None) -> Principal:
         allowed_models=models,
         key_limits=LimitSpec.of(key),
         user_limits=None if owner is None else LimitSpec.of(owner),
+        cache=key.cache,
     )
 
 

@@ -1,7 +1,9 @@
-"""The response cache: exact-match answers of chat completions, opt-in per model (gateway.yaml `cache:`).
+"""The response cache: exact-match answers of chat completions, opt-in per model (gateway.yaml `cache:`) or
+per virtual key (its `cache` field: every model it asks for).
 
 What is cached: a successful, complete answer (every choice has a finish_reason) of a request whose `model`
-matches `cache.enabled_for` (names, aliases or globs) and that is deterministic: `temperature` 0, unless
+matches `cache.enabled_for` (names, aliases or globs), or whose key has `cache` on, and that is
+deterministic: `temperature` 0, unless
 `cache.allow_nonzero_temperature` or the request header `x-portway-cache: force` (a request without a
 temperature is sampled at the provider's default, 1 for OpenAI, and is not cached either). The header
 `x-portway-cache: skip` neither reads nor writes the cache for one request.
@@ -14,11 +16,14 @@ streaming client, so stream and non-stream requests share answers.
 
 Where: `cache.store` memory (per worker), database (table response_cache) or Redis; `auto` is Redis when
 PORTWAY_REDIS_URL is set, else the database. Reads happen on the request path only for requests that can
-be answered from the cache; writes run in background tasks after the answer.
+be answered from the cache; writes run in background tasks after the answer. The service always exists (a
+key may opt in without any `cache:` config); a store that costs something to open (Redis: its client and
+pool) is opened by the first request that uses it (LazyCacheStore).
 
 Limits and usage (services/chat.py): admission runs before the lookup, so a hit counts against rate limits
 (requests, and tokens: the client got them) but costs $0; it is recorded with `cache_hit` true, cost 0
-and no upstream attempt. Off (no `enabled_for`), the chat service skips all of this with one None check.
+and no upstream attempt. With no `enabled_for` and a caller whose key has no `cache`, the chat service skips
+all of this with two attribute checks (`by_model`, `Principal.cache`): no lookup, no key computed.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -90,6 +95,36 @@ class MemoryCacheStore:
         self._entries.clear()
 
 
+class LazyCacheStore:
+    """A store opened by its first read or write: a worker whose requests never use the cache (no model in
+    `enabled_for`, no key with `cache`) never pays for opening it (Redis: importing redis-py, its pool)."""
+
+    def __init__(self, name: str, open_store: Callable[[], CacheStore]) -> None:
+        self.name = name
+        self._open = open_store
+        self._store: CacheStore | None = None
+
+    def _opened(self) -> CacheStore:
+        if self._store is None:
+            self._store = self._open()
+        return self._store
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._opened().get(key)
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        await self._opened().put(key, value, ttl)
+
+    async def aclose(self) -> None:
+        if self._store is not None:
+            await self._store.aclose()
+
+
+def request_mode(value: str | None) -> str | None:
+    """The request header x-portway-cache as the service reads it (`force`, `skip`; anything else: none)."""
+    return value.strip().lower() if value else None
+
+
 @dataclass(slots=True)
 class CachedAnswer:
     provider: str
@@ -130,15 +165,18 @@ class ResponseCache:
         self.max_bytes = cfg.max_entry_bytes
         self._exact = frozenset(p for p in cfg.enabled_for if not any(c in p for c in "*?["))
         self._globs = tuple(p for p in cfg.enabled_for if p not in self._exact)
+        # False: only keys with `cache` use it, and the chat service need not ask for anyone else.
+        self.by_model = bool(cfg.enabled_for)
         self._pending: set[asyncio.Task[None]] = set()
 
     def enabled_for(self, model: str) -> bool:
         return model in self._exact or any(fnmatch.fnmatchcase(model, g) for g in self._globs)
 
     def key_for(self, payload: dict[str, Any], ctx: RequestContext) -> str | None:
-        """The request's cache key, or None when it is not to be cached."""
+        """The request's cache key, or None when it is not to be cached. A caller whose key has `cache` on
+        has it for every model; the temperature rule and the request's mode apply all the same."""
         mode = ctx.cache_mode
-        if mode == "skip" or not self.enabled_for(payload["model"]):
+        if mode == "skip" or not (ctx.principal.cache or self.enabled_for(payload["model"])):
             return None
         if not (self.any_temperature or mode == "force"):
             temperature = payload.get("temperature")

@@ -47,7 +47,7 @@ class RequestContext:
     client_ip: str | None = None
     body_bytes: int = 0
     endpoint: str = "chat"  # the request log's endpoint: chat, responses, messages, completions
-    cache_mode: str | None = None  # the request's x-portway-cache header (force, skip), read when caching
+    cache_mode: str | None = None  # the request's x-portway-cache header (force, skip)
     session: str | None = None  # chat history: the session the request names (services/history.py)
     prepend: bool | None = None  # x-portway-history: prepend (True) or off (False); None: history.prepend
 
@@ -75,7 +75,7 @@ class ChatService:
         self.runner = runner
         self.admission = admission
         self.record = record
-        self.cache: ResponseCache | None = None  # the response cache, when `cache.enabled_for` is set
+        self.cache: ResponseCache | None = None  # the response cache (the runtime always sets one)
         self.history: HistoryService | None = None  # chat history, set by the runtime
 
     async def chat(
@@ -89,7 +89,10 @@ class ChatService:
         stream = bool(payload.get("stream"))
         ticket = Ticket()
         calling: list[Target] | None = None  # the plan, once its upstream calls have begun
-        key = self.cache.key_for(payload, ctx) if self.cache is not None and messages is None else None
+        key: str | None = None
+        cache = self.cache
+        if cache is not None and (cache.by_model or ctx.principal.cache):  # else no cache: two checks
+            key = cache.key_for(payload, ctx)
         try:
             fallbacks = payload.get("models")
             self.admission.check_models(ctx.principal, [model, *(fallbacks or ())])
@@ -124,7 +127,7 @@ class ChatService:
             )
             await self.admission.settle(ticket, usage, cost)
             body = outcome.result.body
-            if key is not None and self.cache is not None and not estimated:
+            if key is not None and self.cache is not None and not estimated and self._kept(target, messages):
                 self.cache.store_completion(key, target, outcome.result.served_model, usage, body)
             miss = None if key is None else "miss"
             return ChatReply(
@@ -135,8 +138,16 @@ class ChatService:
         relay = self._relay(upstream, outcome, model, ctx, ticket)
         if key is None or self.cache is None:
             return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers)
-        relay = self.cache.tee(relay, key, target, upstream)
+        if self._kept(target, messages):
+            relay = self.cache.tee(relay, key, target, upstream)
         return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers, cache="miss")
+
+    def _kept(self, target: Target, messages: dict[str, Any] | None) -> bool:
+        """Whether a cache miss's answer is kept: the cache holds chat completions, and a /v1/messages
+        request passed through to a provider that speaks the Messages API got that provider's own bytes."""
+        if messages is None:
+            return True
+        return not getattr(self.runner.providers.get(target.provider), "speaks_messages", False)
 
     async def _cache_hit(
         self, key: str, payload: dict[str, Any], ctx: RequestContext, ticket: Ticket

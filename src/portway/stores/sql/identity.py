@@ -75,6 +75,8 @@ api_keys = sa.Table(
     sa.Column("allowed_models", sa.JSON),
     *_limit_columns(),
     sa.Column("meta", sa.JSON),
+    # The response cache for every model this key asks for, not only cache.enabled_for's (0013).
+    sa.Column("cache", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 
@@ -115,6 +117,7 @@ class KeyRow(LimitColumns):
     last_used_at: float | None
     allowed_models: list[str] | None
     meta: dict[str, Any] | None
+    cache: bool = False  # a policy's keys have it off (a policy has no such setting)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
