@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from tests.integration import forkserver
+from tests.integration.forkserver import ForkedProcess
+
 MASTER_KEY = "sk-pw-test-master-key"
 
 
@@ -54,7 +57,11 @@ class PortwayProcess:
         env: dict[str, str] | None = None,
         master_key: str | None = MASTER_KEY,
         workers: int = 1,
+        fresh: bool = False,
     ) -> None:
+        """`fresh`: a new interpreter (`python -m portway serve`) instead of a fork of the fork server
+        (tests/integration/forkserver.py), for a test about what a fresh process does; PORTWAY_TEST_FRESH=1
+        makes every server fresh."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "data"
@@ -77,15 +84,21 @@ class PortwayProcess:
         if master_key is not None:
             full_env["PORTWAY_MASTER_KEY"] = master_key
         self.master_key = master_key
+        fresh = fresh or os.environ.get("PORTWAY_TEST_FRESH") == "1"
         for attempt in range(3):
             self._log = self.log_path.open("wb")
-            self.proc = subprocess.Popen(
-                [*args, "--port", str(self.port)],
-                cwd=workdir,
-                env=full_env,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-            )
+            self.proc: subprocess.Popen[bytes] | ForkedProcess
+            if fresh:
+                self.proc = subprocess.Popen(
+                    [*args, "--port", str(self.port)],
+                    cwd=workdir,
+                    env=full_env,
+                    stdout=self._log,
+                    stderr=subprocess.STDOUT,
+                )
+            else:
+                argv = [*args[3:], "--port", str(self.port)]  # after `python -m portway`
+                self.proc = forkserver.server().spawn(argv, full_env, workdir, self.log_path)
             try:
                 self._wait_ready()
                 return

@@ -51,9 +51,10 @@ def _chat(gw: PortwayProcess, key: str, forwarded: str | None = None, model: str
 
 @pytest.fixture(scope="module")
 def proxied(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
-    """portway behind a load balancer on 127.0.0.1 (the test client's address)."""
+    """portway behind a load balancer on 127.0.0.1 (the test client's address); a fresh interpreter, as a
+    user starts it (test_start_up_prints_one_summary reads its start-up)."""
     gw = PortwayProcess(
-        tmp_path_factory.mktemp("proxied"), _config(upstream, trusted_proxies=["127.0.0.1/32"])
+        tmp_path_factory.mktemp("proxied"), _config(upstream, trusted_proxies=["127.0.0.1/32"]), fresh=True
     )
     yield gw
     gw.stop()

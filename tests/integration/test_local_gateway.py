@@ -23,7 +23,8 @@ pytestmark = pytest.mark.local_model
 
 @pytest.fixture(scope="module")
 def default_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayProcess]:
-    proc = PortwayProcess(tmp_path_factory.mktemp("default"), None, master_key=None)
+    # A fresh `python -m portway serve`: the README's first run, exactly as a user makes it.
+    proc = PortwayProcess(tmp_path_factory.mktemp("default"), None, master_key=None, fresh=True)
     yield proc
     proc.stop()
 
