@@ -114,8 +114,10 @@ class Runtime:
         store = CatalogStore(self.db.engine)
         self.catalog = Catalog(self.providers, self.pools, self.router, self.pricing, store, cfg.catalog)
         self.admission = Admission(self.counters, self.pricing, cfg.limits)
-        self.chat = ChatService(self.router, self.runner, self.admission, self._record)
-        self.chat.cache = self._response_cache()  # always: a key may opt in (its `cache` field)
+        # The response cache always exists: a key may opt in (its `cache` field) without any `cache:` config.
+        self.chat = ChatService(
+            self.router, self.runner, self.admission, self._record, self._response_cache()
+        )
         self.search = self._search()  # GET /v1/search
         # Chat history: sessions, and the turns completions naming one append (written in the background).
         self.history = HistoryService(SessionStore(self.db.engine), cfg.history)
@@ -247,8 +249,7 @@ class Runtime:
         steps.append(self.responses.aclose)  # stored responses still being written
         steps.append(self.history.aclose)  # chat history turns still queued
         steps.append(self.search.aclose)
-        if self.chat.cache is not None:
-            steps.append(self.chat.cache.aclose)  # cache writes still in flight
+        steps.append(self.chat.cache.aclose)  # cache writes still in flight
         steps += [p.aclose for p in self.providers.values()]
         steps += [t.aclose for t in (self.sampler, self.tracer) if t is not None]  # spans flushed
         for step in [*steps, self.transport.aclose, self.counters.aclose, self.db.aclose]:

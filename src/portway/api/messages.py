@@ -144,15 +144,13 @@ async def _serve(
 
     A target whose provider speaks the Messages API itself (`speaks_messages`: Anthropic) gets the client's
     body untranslated, and its answer goes back as it came."""
-    rt = runtime(request)
     done = await chat_reply(request, payload, ctx, messages=body)
     if done is None:
         return Response(status_code=499)  # the client left: recorded by the service, nobody to answer
     reply, departure = done
     headers = reply_headers(reply, ctx.request_id)
     headers["request-id"] = ctx.request_id  # Anthropic's name for it (the SDK shows it as `_request_id`)
-    # A cache hit is a chat completion whoever served it first (passed-through answers are not kept).
-    passthrough = reply.cache != "hit" and getattr(rt.providers.get(reply.provider), "speaks_messages", False)
+    passthrough = reply.native  # a cache hit never is: the cache holds chat completions
     stop = payload.get("stop") or ()
     if reply.stream is None:
         if passthrough:

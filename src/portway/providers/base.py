@@ -158,6 +158,12 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+def speaks_messages(provider: object) -> bool:
+    """Whether a provider takes Anthropic's Messages API as it is (`messages_passthrough`): a /v1/messages
+    request to it is passed through untranslated, and its answer is its own bytes."""
+    return bool(getattr(provider, "speaks_messages", False))
+
+
 @dataclass(slots=True)
 class ProviderSettings:
     """The provider-specific part of gateway.yaml, as the registry hands it to a provider class."""

@@ -32,7 +32,15 @@ from portway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from portway.providers.base import ChatCall, ChatStream, Completion, FailureKind, Provider, UpstreamFailure
+from portway.providers.base import (
+    ChatCall,
+    ChatStream,
+    Completion,
+    FailureKind,
+    Provider,
+    UpstreamFailure,
+    speaks_messages,
+)
 from portway.providers.media import MediaCall, MediaResult, Task, Upload
 from portway.routing.health import Health
 from portway.routing.keypool import KeyPool, KeyState
@@ -97,7 +105,7 @@ class MessagesJob(ChatJob):
     messages: dict[str, Any] = field(default_factory=dict)
 
     async def __call__(self, provider: Provider, model: str, key: str | None, timeout: float) -> Result:
-        if not getattr(provider, "speaks_messages", False):
+        if not speaks_messages(provider):
             return await ChatJob.__call__(self, provider, model, key, timeout)
         call = ChatCall(self.messages, model, self.stream, key, timeout, self.idle_timeout)
         result: Result = await provider.messages_passthrough(call)  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from portway.errors import PortwayError
 from portway.identity.auth import Principal
 from portway.limits.admission import Admission, Ticket
-from portway.providers.base import ChatStream, Completion, UpstreamFailure, Usage
+from portway.providers.base import ChatStream, Completion, UpstreamFailure, Usage, speaks_messages
 from portway.providers.sse import error_event
 from portway.routing.attempts import AttemptRunner, Outcome
 from portway.routing.router import Router, Target
@@ -60,6 +60,7 @@ class ChatReply:
     stream: AsyncGenerator[bytes, None] | None = None  # stream: SSE events
     headers: dict[str, str] | None = None  # x-ratelimit-* for the caller
     cache: str | None = None  # x-portway-cache: hit or miss (None: the response cache was not consulted)
+    native: bool = False  # a /v1/messages request passed through: the provider's own Messages API answer
     cost: float | None = None  # x-portway-cost-usd (non-stream only: a stream's headers go before its usage)
 
 
@@ -70,12 +71,13 @@ class ChatService:
         runner: AttemptRunner,
         admission: Admission,
         record: Callable[[UsageRecord], None],
+        cache: ResponseCache,
     ) -> None:
         self.router = router
         self.runner = runner
         self.admission = admission
         self.record = record
-        self.cache: ResponseCache | None = None  # the response cache (the runtime always sets one)
+        self.cache = cache  # the response cache: per model (cache.enabled_for) or per key (its `cache`)
         self.history: HistoryService | None = None  # chat history, set by the runtime
 
     async def chat(
@@ -90,9 +92,8 @@ class ChatService:
         ticket = Ticket()
         calling: list[Target] | None = None  # the plan, once its upstream calls have begun
         key: str | None = None
-        cache = self.cache
-        if cache is not None and (cache.by_model or ctx.principal.cache):  # else no cache: two checks
-            key = cache.key_for(payload, ctx)
+        if self.cache.by_model or ctx.principal.cache:  # else no cache: two checks
+            key = self.cache.key_for(payload, ctx)
         try:
             fallbacks = payload.get("models")
             self.admission.check_models(ctx.principal, [model, *(fallbacks or ())])
@@ -116,6 +117,8 @@ class ChatService:
             await self._abandoned(ctx, model, stream, ticket, calling, exc)
             raise
         target = outcome.target
+        # The cache holds chat completions: an answer in the provider's own Messages API shape is not kept.
+        native = messages is not None and speaks_messages(self.runner.providers.get(target.provider))
         if isinstance(outcome.result, Completion):
             usage, estimated = outcome.result.usage, False
             if usage is None:  # rare: only then is the body searched for its text
@@ -127,33 +130,32 @@ class ChatService:
             )
             await self.admission.settle(ticket, usage, cost)
             body = outcome.result.body
-            if key is not None and self.cache is not None and not estimated and self._kept(target, messages):
+            if key is not None and not estimated and not native:
                 self.cache.store_completion(key, target, outcome.result.served_model, usage, body)
             miss = None if key is None else "miss"
             return ChatReply(
-                target.provider, target.model, body=body, headers=ticket.headers, cache=miss, cost=cost
+                target.provider,
+                target.model,
+                body=body,
+                headers=ticket.headers,
+                cache=miss,
+                native=native,
+                cost=cost,
             )
         # A chat job's result is a Completion or a ChatStream (MediaResults come from media jobs only).
         upstream = cast(ChatStream, outcome.result)
         relay = self._relay(upstream, outcome, model, ctx, ticket)
-        if key is None or self.cache is None:
-            return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers)
-        if self._kept(target, messages):
+        if key is not None and not native:
             relay = self.cache.tee(relay, key, target, upstream)
-        return ChatReply(target.provider, target.model, stream=relay, headers=ticket.headers, cache="miss")
-
-    def _kept(self, target: Target, messages: dict[str, Any] | None) -> bool:
-        """Whether a cache miss's answer is kept: the cache holds chat completions, and a /v1/messages
-        request passed through to a provider that speaks the Messages API got that provider's own bytes."""
-        if messages is None:
-            return True
-        return not getattr(self.runner.providers.get(target.provider), "speaks_messages", False)
+        miss = None if key is None else "miss"
+        return ChatReply(
+            target.provider, target.model, stream=relay, headers=ticket.headers, cache=miss, native=native
+        )
 
     async def _cache_hit(
         self, key: str, payload: dict[str, Any], ctx: RequestContext, ticket: Ticket
     ) -> ChatReply | None:
         """The stored answer, if there is one: recorded at $0 (`cache_hit`), its tokens still counted."""
-        assert self.cache is not None
         hit = await self.cache.get(key)
         if hit is None:
             return None
