@@ -70,8 +70,7 @@ def parse_anthropic_models(obj: Any) -> ListedPage:
     "created_at"}], "has_more", "first_id", "last_id"}`. Every Claude model reads text and images; a
     `capabilities.image_input.supported: false` says otherwise, `max_input_tokens` (when sent) is the
     context length."""
-    items = obj.get("data") if isinstance(obj, dict) else None
-    if not isinstance(items, list):
+    if not isinstance(obj, dict) or not isinstance(items := obj.get("data"), list):
         return ListedPage([])
     out: list[ListedModel] = []
     for item in items[:MAX_MODELS]:
@@ -85,16 +84,14 @@ def parse_anthropic_models(obj: Any) -> ListedPage:
         ins = ("text",) if text_only else _CLAUDE_IN
         created = _rfc3339(item.get("created_at"))
         out.append(ListedModel(item["id"], created, ins, context_length=_int(item.get("max_input_tokens"))))
-    more = isinstance(obj, dict) and obj.get("has_more") is True
-    return ListedPage(out, _cursor(obj.get("last_id")) if more and isinstance(obj, dict) else None)
+    return ListedPage(out, _cursor(obj.get("last_id")) if obj.get("has_more") is True else None)
 
 
 def parse_gemini_models(obj: Any) -> ListedPage:
     """A page of Gemini's `GET /{version}/models`: `{"models": [{"name": "models/…", "inputTokenLimit",
     "supportedGenerationMethods": [...]}], "nextPageToken"}`; the id is the name without `models/`, the
     context length `inputTokenLimit`. Gemini models read text, images and audio; others (Gemma...) text."""
-    items = obj.get("models") if isinstance(obj, dict) else None
-    if not isinstance(items, list):
+    if not isinstance(obj, dict) or not isinstance(items := obj.get("models"), list):
         return ListedPage([])
     out: list[ListedModel] = []
     for item in items[:MAX_MODELS]:
@@ -109,7 +106,7 @@ def parse_gemini_models(obj: Any) -> ListedPage:
             continue
         ins = _GEMINI_IN if mid.startswith("gemini-") else ("text",)
         out.append(ListedModel(mid, modalities_in=ins, context_length=_int(item.get("inputTokenLimit"))))
-    return ListedPage(out, _cursor(obj.get("nextPageToken")) if isinstance(obj, dict) else None)
+    return ListedPage(out, _cursor(obj.get("nextPageToken")))
 
 
 def _valid_id(mid: Any) -> TypeGuard[str]:
