@@ -73,10 +73,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(autouse=True)
 def _cpu_share(request: pytest.FixtureRequest) -> Iterator[None]:
+    # Tests marked `deadline` (wall-clock bounds on portway's answers) take the lock shared: they run
+    # beside each other and everything else, never beside a local-model test.
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if run is None or not any(request.node.get_closest_marker(m) is not None for m in _HEAVY):
+    heavy = any(request.node.get_closest_marker(m) is not None for m in _HEAVY)
+    if run is None or not (heavy or request.node.get_closest_marker("deadline") is not None):
         yield
         return
     with (Path(tempfile.gettempdir()) / f"portway-tests-{run}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if heavy else fcntl.LOCK_SH)
         yield  # closing the file releases the lock

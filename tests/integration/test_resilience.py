@@ -16,6 +16,8 @@ from tests.fakes.upstream import FakeUpstream
 from tests.integration.conftest import gateway_config
 from tests.integration.server import PortwayProcess
 
+pytestmark = pytest.mark.deadline  # tests/conftest.py: never beside a local-model test
+
 # One client for the module's one-off requests (no connection kept between them, as with httpx.get):
 # httpx.get() builds a client per call, and with it a TLS context that loads the CA bundle (~25 ms of CPU).
 HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
